@@ -1,0 +1,1 @@
+"""flowdiff: flow matching and diffusion models in PyTorch."""

@@ -1,0 +1,276 @@
+"""The one interface every generative model of the library shares.
+
+Flow matching, diffusion, GAN, VAE, normalizing flow, CNF and DDPM are all
+:class:`GenerativeModel` subclasses, so a user (and the CLI's ``--model``) can swap one for another:
+
+- ``fit(data, **train_options)`` trains through the library's single loop (``flowdiff.train``);
+- ``sample(n, ...)`` draws ``(n, *event_shape)``;
+- ``log_prob(x)`` (or ``elbo(x)``) where the family has a likelihood;
+- ``save(path)`` / ``GenerativeModel.load(path)``: one safetensors file holding the weights
+  (and EMA weights) with a JSON description in its header; loading never unpickles.
+
+The training protocol the loop relies on is three methods: :meth:`optim_groups` (which
+parameters each optimizer owns), :meth:`training_phases` (which groups take a step, in order,
+at a given step: ``["model"]`` for most families, ``k x "discriminator"`` then ``"generator"``
+for a GAN) and :meth:`loss` (per-sample loss ``(B,)`` of one phase).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from flowdiff.io import atomic_write
+
+__all__ = ["GenerativeModel", "load_model", "model_class", "registered_models"]
+
+_FORMAT = "flowdiff.model/1"
+_REGISTRY: dict[str, type[GenerativeModel]] = {}
+
+
+def registered_models() -> list[str]:
+    """Names of every registered model family (the CLI's ``--model`` choices)."""
+    return sorted(_REGISTRY)
+
+
+def model_class(kind: str) -> type[GenerativeModel]:
+    """The class registered under ``kind``; a ``ValueError`` suggesting the closest name if none."""
+    if kind not in _REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(kind, _REGISTRY, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"unknown model {kind!r}{hint} (choose from {', '.join(sorted(_REGISTRY))})"
+        )
+    return _REGISTRY[kind]
+
+
+class GenerativeModel(nn.Module):
+    """Base class: subclasses set ``kind``, store their constructor arguments, and implement
+    :meth:`loss` and :meth:`sample` (and :meth:`log_prob` where they have one).
+
+    Args:
+        event_shape: shape of one sample, e.g. ``(2,)`` or ``(1, 8, 8)``.
+        num_classes: number of labels for conditional models, ``None`` for unconditional.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            if cls.kind in _REGISTRY and _REGISTRY[cls.kind] is not cls:
+                raise RuntimeError(f"model kind {cls.kind!r} registered twice")
+            _REGISTRY[cls.kind] = cls
+
+    def __init__(self, event_shape: int | tuple[int, ...], num_classes: int | None = None) -> None:
+        super().__init__()
+        shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+        if not shape or any(not isinstance(s, int) or s <= 0 for s in shape):
+            raise ValueError(f"event_shape must be positive ints, got {event_shape!r}")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+        self.event_shape: tuple[int, ...] = shape
+        self.num_classes = num_classes
+        # Exponential moving average of the parameters, filled by the training loop.
+        # ``sample``/``log_prob`` run under ``self.averaged()`` so they use it by default.
+        self.ema_state: dict[str, Tensor] | None = None
+        # Data normalisation recorded at fit time (``flowdiff.data``), inverted on sampling.
+        self.normalization: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ description
+    def config(self) -> dict[str, Any]:
+        """JSON-able constructor arguments: ``type(self)(**self.config())`` rebuilds the model."""
+        return {"event_shape": list(self.event_shape), "num_classes": self.num_classes}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ training protocol
+    def optim_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters owned by each optimizer. One group, ``"model"``, unless overridden."""
+        return {"model": [p for p in self.parameters() if p.requires_grad]}
+
+    def training_phases(self, step: int) -> list[str]:
+        """Groups that take an optimizer step at training ``step``, in order."""
+        return ["model"]
+
+    def loss(
+        self,
+        x: Tensor,
+        y: Tensor | None = None,
+        *,
+        phase: str = "model",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Per-sample training loss ``(B,)`` of ``phase`` on the batch ``x`` (labels ``y``)."""
+        raise NotImplementedError
+
+    def fit(self, data: Any, **options: Any) -> Any:
+        """Train on ``data`` (tensor, ``(x, y)``, ``Dataset`` or ``DataLoader``).
+
+        ``options`` are the fields of :class:`flowdiff.train.TrainConfig`. Returns the loop's
+        result (loss history and where checkpoints went).
+        """
+        from flowdiff.train import TrainConfig, fit
+
+        return fit(self, data, TrainConfig(**options))
+
+    # ------------------------------------------------------------------ generation
+    def sample(self, n: int, **kwargs: Any) -> Any:
+        """Draw ``n`` samples, shape ``(n, *event_shape)``."""
+        raise NotImplementedError
+
+    def log_prob(self, x: Tensor, **kwargs: Any) -> Tensor:
+        """Exact log-likelihood ``(B,)`` in nats, where the family has one."""
+        raise NotImplementedError(f"{type(self).__name__} has no exact log-likelihood")
+
+    # ------------------------------------------------------------------ input checks
+    def check_data(self, x: Tensor, name: str = "x") -> Tensor:
+        """Raise unless ``x`` is a finite float batch of this model's event shape."""
+        from flowdiff.utils import check_finite, check_tensor
+
+        check_tensor(x, name)
+        if tuple(x.shape[1:]) != self.event_shape:
+            raise ValueError(
+                f"{name} must have shape (B, {', '.join(map(str, self.event_shape))}) for this "
+                f"model, got {tuple(x.shape)}"
+            )
+        return check_finite(x, name)
+
+    def check_labels(self, y: Tensor | None, batch_size: int, name: str = "y") -> Tensor | None:
+        """Validate class labels: ``None`` or integers in ``[0, num_classes)`` of shape ``(B,)``."""
+        if y is None:
+            return None
+        if self.num_classes is None:
+            raise ValueError(f"{name} given but this model is unconditional (num_classes=None)")
+        y = torch.as_tensor(y)
+        if y.dim() == 0:
+            y = y.expand(batch_size)
+        if y.shape != (batch_size,) or y.is_floating_point():
+            raise ValueError(
+                f"{name} must be integer labels of shape ({batch_size},), got "
+                f"{tuple(y.shape)} {y.dtype}"
+            )
+        if bool(((y < 0) | (y >= self.num_classes)).any()):
+            raise ValueError(
+                f"{name} must lie in [0, {self.num_classes}), got values "
+                f"{int(y.min())}..{int(y.max())}"
+            )
+        return y.long()
+
+    # ------------------------------------------------------------------ EMA weights
+    @contextlib.contextmanager
+    def averaged(self, enabled: bool = True) -> Iterator[GenerativeModel]:
+        """Temporarily load the EMA weights (if any) into the model; restore on exit."""
+        if not enabled or self.ema_state is None:
+            yield self
+            return
+        params = dict(self.named_parameters())
+        saved = {name: params[name].detach().clone() for name in self.ema_state}
+        with torch.no_grad():
+            for name, value in self.ema_state.items():
+                params[name].copy_(value)
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                for name, value in saved.items():
+                    params[name].copy_(value)
+
+    # ------------------------------------------------------------------ save / load
+    def description(self) -> dict[str, Any]:
+        """The JSON header stored with the weights."""
+        return {
+            "format": _FORMAT,
+            "kind": self.kind,
+            "config": self.config(),
+            "normalization": self.normalization,
+            "has_ema": self.ema_state is not None,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write weights (and EMA weights) plus the JSON description to one safetensors file.
+
+        The write is atomic: an existing file at ``path`` is replaced only once the new one is
+        complete.
+        """
+        from safetensors.torch import save_file
+
+        tensors = {
+            f"model.{k}": v.detach().cpu().contiguous() for k, v in self.state_dict().items()
+        }
+        if self.ema_state is not None:
+            tensors.update(
+                {f"ema.{k}": v.detach().cpu().contiguous() for k, v in self.ema_state.items()}
+            )
+        path = Path(path)
+        with atomic_write(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"flowdiff": json.dumps(self.description())})
+        return path
+
+    @staticmethod
+    def read_description(path: str | os.PathLike) -> dict[str, Any]:
+        """The JSON description in a saved model's header, without loading the weights."""
+        from safetensors import safe_open
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"no saved model at {p}")
+        try:
+            with safe_open(str(p), framework="pt") as fh:
+                meta = fh.metadata() or {}
+        except Exception as err:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(
+                f"{p} is not a flowdiff model file (unreadable safetensors: {err})"
+            ) from err
+        if "flowdiff" not in meta:
+            raise ValueError(f"{p} is a safetensors file but not a flowdiff model (no description)")
+        desc = json.loads(meta["flowdiff"])
+        if desc.get("format") != _FORMAT:
+            raise ValueError(
+                f"{p} has unsupported format {desc.get('format')!r}, expected {_FORMAT!r}"
+            )
+        return desc
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> Any:
+        """Rebuild a saved model. ``GenerativeModel.load`` accepts any family; a subclass's
+        ``load`` refuses a file of another family."""
+        from safetensors.torch import load_file
+
+        desc = cls.read_description(path)
+        klass = model_class(desc["kind"])
+        if cls is not GenerativeModel and not issubclass(klass, cls):
+            raise ValueError(
+                f"{path} holds a {desc['kind']!r} model, not a {cls.kind or cls.__name__!r} model"
+            )
+        model = klass(**desc["config"])
+        try:
+            tensors = load_file(str(path), device=str(map_location))
+        except Exception as err:
+            raise ValueError(f"{path} is truncated or corrupt: {err}") from err
+        state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{path} does not match its description: missing {missing}, unexpected {unexpected}"
+            )
+        if desc.get("has_ema"):
+            model.ema_state = {
+                k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")
+            }
+        model.normalization = desc.get("normalization")
+        return model.to(map_location)
+
+
+load_model = GenerativeModel.load
