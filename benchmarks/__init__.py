@@ -1,0 +1,1 @@
+"""flowdiff benchmark suite: ``python -m benchmarks.run`` (or ``make bench``)."""
