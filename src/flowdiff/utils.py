@@ -20,7 +20,9 @@ __all__ = [
     "check_tensor",
     "event_dims",
     "expand_like",
+    "positive_int",
     "randn",
+    "shape_tuple",
     "sum_event",
 ]
 
@@ -53,8 +55,8 @@ def check_shape(x: Tensor, expected: Sequence[int], name: str) -> Tensor:
     shape = tuple(x.shape)
     ok = len(shape) == len(expected) and all(e in (-1, s) for s, e in zip(shape, expected))
     if not ok:
-        want = tuple("*" if e == -1 else e for e in expected)
-        raise ValueError(f"{name} must have shape {want}, got {shape}")
+        want = ", ".join("*" if e == -1 else str(e) for e in expected)
+        raise ValueError(f"{name} must have shape ({want}), got {shape}")
     return x
 
 
@@ -113,3 +115,24 @@ def randn(
     if generator is not None and device is None:
         device = generator.device
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def positive_int(value: object, name: str, *, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``minimum`` (not a bool), else raise ``ValueError``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def shape_tuple(
+    value: int | Sequence[int], name: str, *, allow_empty: bool = False
+) -> tuple[int, ...]:
+    """Normalise an int or a sequence of positive ints to a tuple (``()`` only if allowed)."""
+    shape = (value,) if isinstance(value, int) else tuple(value)
+    if (not shape and not allow_empty) or any(
+        not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in shape
+    ):
+        raise ValueError(
+            f"{name} must be a positive int or a tuple of positive ints, got {value!r}"
+        )
+    return shape

@@ -12,16 +12,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from flowdiff.utils import check_tensor, randn, sum_event
+from flowdiff.utils import check_tensor, randn, shape_tuple, sum_event
 
 __all__ = ["Gaussian", "IsotropicGaussian"]
-
-
-def _shape_tuple(event_shape: int | Sequence[int]) -> tuple[int, ...]:
-    shape = (event_shape,) if isinstance(event_shape, int) else tuple(int(s) for s in event_shape)
-    if not shape or any(s <= 0 for s in shape):
-        raise ValueError(f"event_shape must be positive sizes, got {event_shape!r}")
-    return shape
 
 
 class IsotropicGaussian:
@@ -36,7 +29,7 @@ class IsotropicGaussian:
     def __init__(
         self, event_shape: int | Sequence[int], mean: float | Tensor = 0.0, std: float = 1.0
     ) -> None:
-        self.event_shape = _shape_tuple(event_shape)
+        self.event_shape = shape_tuple(event_shape, "event_shape")
         if not (isinstance(std, (int, float)) and std > 0 and math.isfinite(std)):
             raise ValueError(f"std must be a positive finite number, got {std!r}")
         self.std = float(std)

@@ -1,0 +1,1 @@
+"""The ``flowdiff`` command: train, sample, evaluate, plot, demo, simulate."""

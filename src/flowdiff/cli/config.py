@@ -1,0 +1,110 @@
+"""Run settings for ``flowdiff train``: one flat table, from flags and/or a TOML/YAML file.
+
+The settings a run used are written to ``DIR/config.yaml`` so ``flowdiff train --config
+DIR/config.yaml`` repeats it exactly. Flags given on the command line override the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flowdiff.io import atomic_write
+
+__all__ = ["RunConfig", "read_config_file"]
+
+
+@dataclass
+class RunConfig:
+    """Everything ``flowdiff train`` needs. Field comments say what each setting is for."""
+
+    data: str = "moons"  # built-in data set name or a path to a file / image folder
+    model: str = "flow"  # a family: flow, diffusion, cnf, realnvp, vae, gan, ddpm, ...
+    n_data: int | None = None  # points drawn from a toy set, or a random subset of a file
+    conditional: bool = True  # train on labels when the data has them (enables guidance)
+    seed: int = 0  # seeds data draws, initialisation and training: a run repeats bit for bit
+    device: str = "auto"  # cpu, cuda or auto
+    # model
+    path: str | None = None  # schedule of flow/diffusion models (linear, cosine, vp, ...)
+    hidden: int | None = None  # width of the network's hidden layers
+    depth: int | None = None  # number of hidden layers (MLPs)
+    model_options: dict[str, Any] = field(default_factory=dict)  # other constructor arguments
+    # training (fields of flowdiff.train.TrainConfig)
+    steps: int = 3000  # optimizer steps
+    batch_size: int = 256  # samples per step
+    lr: float = 2e-3  # AdamW learning rate
+    train_options: dict[str, Any] = field(default_factory=dict)  # other TrainConfig fields
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("n_data", "hidden", "depth"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("model_options", "train_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(
+                    f"{name} must be a table of key = value, got {getattr(self, name)!r}"
+                )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str) -> RunConfig:
+        """Build from a mapping, naming ``source`` and the closest key for an unknown key."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown setting {key!r} in {source}{hint}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write as YAML, atomically."""
+        with atomic_write(path) as tmp:
+            tmp.write_text(
+                "# flowdiff run settings: `flowdiff train --config THIS_FILE` repeats the run\n"
+                + yaml.safe_dump(self.to_dict(), sort_keys=False)
+            )
+        return Path(path)
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``.toml`` or ``.yaml``/``.yml`` settings file into a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {p}")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            values = yaml.safe_load(text) or {}
+        else:
+            raise ValueError(f"config file {p} must end in .toml, .yaml or .yml")
+    except (yaml.YAMLError, ValueError) as err:
+        if isinstance(err, ValueError) and "must end in" in str(err):
+            raise
+        raise ValueError(f"config file {p} is not valid {p.suffix[1:].upper()}: {err}") from err
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"config file {p} must hold a table of settings, got {type(values).__name__}"
+        )
+    return values

@@ -1,0 +1,272 @@
+"""Checkpoints of the training loop: round trip, bad files, pruning, and resume — in process for
+every kind of data source and with a real SIGKILL on a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from flowdiff.io import write_json
+from flowdiff.train import (
+    TrainConfig,
+    fit,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from test_train import ConstantGradient, GaussianFit, Interrupted, gaussian_data
+
+torch.set_num_threads(1)
+TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parent
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def weights_of(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    """A finished 4-step run with checkpoints at steps 2 and 4."""
+    out = tmp_path / "run"
+    config = TrainConfig(steps=4, batch_size=16, checkpoint_every=2, progress=False, out_dir=out)
+    fit(GaussianFit(noise_std=0.1), gaussian_data(64), config)
+    return out
+
+
+# ---------------------------------------------------------------------------------- round trip
+def test_save_load_round_trip_restores_every_state(tmp_path):
+    model = GaussianFit()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, betas=(0.8, 0.9))
+    for _ in range(3):
+        model.loss(gaussian_data(32)).mean().backward()
+        optimizer.step()
+    model.ema_state = {"mu": torch.tensor([0.5, -0.5]), "log_std": torch.tensor([0.1, 0.2])}
+    gen = torch.Generator().manual_seed(5)
+    config = TrainConfig(steps=9, lr=0.1)
+    history = [{"step": 3, "loss": 1.25, "lr": 0.1, "grad_norm": 0.5, "steps_per_s": 10.0}]
+    path = save_checkpoint(
+        tmp_path / "c.safetensors", model, step=3, config=config, optimizers={"model": optimizer},
+        history=history, loop_state={"data": {"batches": 3}}, rng={"loss": gen.get_state()},
+    )  # fmt: skip
+
+    fresh = GaussianFit()
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    ckpt = load_checkpoint(path, fresh, optimizers={"model": fresh_opt})
+    assert_same_tensors(weights_of(fresh), weights_of(model))
+    assert_same_tensors(fresh.ema_state, model.ema_state)
+    saved, loaded = optimizer.state_dict(), fresh_opt.state_dict()
+    assert loaded["param_groups"][0]["betas"] == [0.8, 0.9]  # JSON lists; AdamW unpacks either
+    for index in saved["state"]:  # int keys survived JSON (a str key would silently not match)
+        assert_same_tensors(saved["state"][index], loaded["state"][index])
+    assert (ckpt.step, ckpt.config, ckpt.history) == (3, config, history)
+    assert ckpt.loop_state == {"data": {"batches": 3}}
+    assert torch.equal(ckpt.rng["loss"], gen.get_state())
+
+
+# ---------------------------------------------------------------------------------- bad files
+def test_checkpoint_of_another_model_is_refused_and_nothing_changes(run_dir, monkeypatch):
+    before = files_of(run_dir)
+    other = ConstantGradient()
+    w = other.w.detach().clone()
+    config = TrainConfig(steps=8, batch_size=16, progress=False, out_dir=run_dir)
+    with pytest.raises(ValueError, match=r"checkpoint of a class test_train\.GaussianFit model.*"
+                       r"class test_train\.ConstantGradient"):  # fmt: skip
+        fit(other, gaussian_data(64), config)
+    assert torch.equal(other.w, w)
+    with pytest.raises(ValueError, match=r"another configuration.*'event_shape': \(\[2\], \[3\]\)"):
+        fit(GaussianFit((3,), noise_std=0.1), torch.zeros(8, 3), config)
+    # Registered families are told apart by kind.
+    monkeypatch.setattr(GaussianFit, "kind", "gauss-b")
+    with pytest.raises(ValueError, match=r"class test_train\.GaussianFit model.*'gauss-b' model"):
+        load_checkpoint(latest_checkpoint(run_dir), GaussianFit(noise_std=0.1))
+    assert files_of(run_dir) == before
+
+
+def test_truncated_checkpoint_is_refused_and_nothing_changes(run_dir):
+    latest = latest_checkpoint(run_dir)
+    latest.write_bytes(latest.read_bytes()[:-100])
+    before = files_of(run_dir)
+    model = GaussianFit(noise_std=0.1)
+    initial = weights_of(model)
+    with pytest.raises(ValueError, match=r"checkpoint-00000004.*truncated"):
+        load_checkpoint(latest, model)
+    config = TrainConfig(steps=8, batch_size=16, progress=False, out_dir=run_dir)
+    with pytest.raises(ValueError, match="truncated"):
+        fit(model, gaussian_data(64), config)
+    assert_same_tensors(weights_of(model), initial)
+    assert files_of(run_dir) == before
+
+
+def test_files_that_are_not_checkpoints_are_refused(tmp_path):
+    model = GaussianFit()
+    initial = weights_of(model)
+    noise = tmp_path / "noise.safetensors"
+    noise.write_bytes(os.urandom(4096))
+    json_file = tmp_path / "config.safetensors"
+    write_json(json_file, {"steps": 3})
+    saved_model = model.save(tmp_path / "model.safetensors")
+    for path, message in [
+        (noise, "not a readable flowdiff checkpoint"),
+        (json_file, "not a readable flowdiff checkpoint"),
+        (saved_model, "is a saved model .*GenerativeModel.load.*not a training checkpoint"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            load_checkpoint(path, model)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.safetensors", model)
+    assert_same_tensors(weights_of(model), initial)
+
+
+def test_optimizer_mismatch_is_refused_before_loading(run_dir):
+    model = GaussianFit(noise_std=0.1)
+    initial = weights_of(model)
+    optimizers = {"generator": torch.optim.AdamW(model.parameters())}
+    with pytest.raises(ValueError, match=r"optimizers \['model'\].*trains \['generator'\]"):
+        load_checkpoint(latest_checkpoint(run_dir), model, optimizers=optimizers)
+    assert_same_tensors(weights_of(model), initial)
+
+
+def test_resume_false_refuses_an_out_dir_with_checkpoints(run_dir):
+    before = files_of(run_dir)
+    config = TrainConfig(steps=8, batch_size=16, progress=False, out_dir=run_dir, resume=False)
+    with pytest.raises(ValueError, match=r"already holds checkpoints.*resume=False"):
+        fit(GaussianFit(noise_std=0.1), gaussian_data(64), config)
+    assert files_of(run_dir) == before
+
+
+def test_keep_last_prunes_and_stale_temp_files_are_removed(tmp_path):
+    (tmp_path / ".checkpoint-00000009.safetensors.x1y2.tmp").write_bytes(b"torn")
+    (tmp_path / "checkpoint-notes.txt").write_text("not a checkpoint name")
+    config = TrainConfig(steps=20, batch_size=8, checkpoint_every=3, keep_last=2,
+                         progress=False, out_dir=tmp_path)  # fmt: skip
+    fit(GaussianFit(), gaussian_data(64), config)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [18, 20]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-00000018.safetensors",
+        "checkpoint-00000020.safetensors",
+        "checkpoint-notes.txt",
+        "metrics.csv",
+        "model.safetensors",
+    ]
+
+
+# ---------------------------------------------------------------------------------- resume
+def _source(kind: str, x: torch.Tensor):
+    if kind == "tensor":
+        return x
+    if kind == "dataset":
+        return TensorDataset(x)
+    # A deterministic user loader: DistributedSampler reshuffles by set_epoch(epoch).
+    sampler = DistributedSampler(TensorDataset(x), num_replicas=1, rank=0, shuffle=True, seed=3)
+    return DataLoader(TensorDataset(x), batch_size=16, sampler=sampler)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "dataset", "loader"])
+def test_interrupted_run_resumes_bit_identical(tmp_path, kind):
+    """Crash (an exception) at step 13, restart: the run continues from the checkpoint of step
+    10 and ends with exactly the weights, EMA and loss history of an uninterrupted run."""
+    x = gaussian_data(200)
+    options = dict(steps=30, batch_size=16, lr=0.05, checkpoint_every=5, log_every=5,
+                   ema_decay=0.9, lr_schedule="cosine", progress=False)  # fmt: skip
+    reference = GaussianFit(noise_std=0.3)
+    expected = fit(reference, _source(kind, x), TrainConfig(**options, out_dir=tmp_path / "a"))
+
+    crashing = GaussianFit(noise_std=0.3)
+    crashing.fault = (13, "interrupt")
+    config = TrainConfig(**options, out_dir=tmp_path / "b")
+    with pytest.raises(Interrupted):
+        fit(crashing, _source(kind, x), config)
+    assert latest_checkpoint(tmp_path / "b").name == "checkpoint-00000010.safetensors"
+    resumed = GaussianFit(noise_std=0.3)
+    result = fit(resumed, _source(kind, x), config)
+
+    assert result.resumed_from == 10 and result.step == 30
+    assert_same_tensors(weights_of(resumed), weights_of(reference))
+    assert_same_tensors(resumed.ema_state, reference.ema_state)
+    assert [r["loss"] for r in result.history] == [r["loss"] for r in expected.history]
+
+
+# Checkpoints every 7 steps: the kill lands at an arbitrary point between or inside writes.
+KILL_RUN = dict(
+    steps=200, batch_size=32, lr=0.05, lr_schedule="cosine", warmup_steps=20, ema_decay=0.95,
+    checkpoint_every=7, keep_last=2, log_every=10, progress=False,
+)  # fmt: skip
+
+KILL_SCRIPT = """
+import json, sys, time
+sys.path.insert(0, {tests!r})
+import torch
+torch.set_num_threads(1)
+from test_train import GaussianFit, gaussian_data
+from flowdiff.train import TrainConfig, fit
+
+fast_loss = GaussianFit.loss
+def slow_loss(self, *args, **kwargs):
+    time.sleep(0.004)  # slow enough to be killed mid-run; changes no number
+    return fast_loss(self, *args, **kwargs)
+GaussianFit.loss = slow_loss
+
+config = TrainConfig(**{options!r}, out_dir=sys.argv[1])
+result = fit(GaussianFit(noise_std=0.3), gaussian_data(1000), config)
+print(json.dumps({{"step": result.step, "resumed_from": result.resumed_from}}))
+"""
+
+
+@pytest.mark.slow  # ~20 s: two fresh Python processes importing torch
+def test_sigkilled_run_restarted_with_the_same_command_is_bit_identical(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(KILL_SCRIPT.format(tests=str(TESTS_DIR), options=KILL_RUN))
+    command = [sys.executable, str(script), str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The uninterrupted reference runs in this process: same code, same single thread.
+    reference = GaussianFit(noise_std=0.3)
+    config = TrainConfig(**KILL_RUN, out_dir=tmp_path / "reference")
+    fit(reference, gaussian_data(1000), config)
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(list_checkpoints(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = list_checkpoints(out)[-1][0]
+    assert 14 <= killed_at < 200
+
+    restart = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert restart.returncode == 0, restart.stderr
+    report = json.loads(restart.stdout.strip().splitlines()[-1])
+    assert report["step"] == 200 and report["resumed_from"] >= killed_at
+
+    final = load_file(str(out / "model.safetensors"))
+    expected = load_file(str(tmp_path / "reference" / "model.safetensors"))
+    assert_same_tensors(final, expected)  # weights and EMA ("ema.*"), bit for bit
+    assert (out / "metrics.csv").read_text().count("\n") == 21  # header + 20 rows, none twice
+    # No partial file survives, and every checkpoint left is complete and loads.
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert [step for step, _ in list_checkpoints(out)] == [196, 200]
+    for _, path in list_checkpoints(out):
+        load_checkpoint(path, GaussianFit(noise_std=0.3))
