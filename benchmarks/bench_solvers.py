@@ -145,10 +145,12 @@ class Counted:
         return self.fn(*args, **kwargs)
 
 
-def _time(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
+def _cpu_time(fn: Callable[[], Any]) -> float:
+    """CPU seconds of ``fn()``: with one thread this is its compute, without the time spent
+    descheduled on a shared machine (wall-clock here varied 3x between identical runs)."""
+    start = time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def reference_runners(
@@ -197,21 +199,19 @@ def reference_runners(
     return runners
 
 
-def speed(batch: int, steps: int, repeats: int) -> tuple[list[list[Any]], list[list[Any]]]:
-    """Overhead ratios and per-NFE times (ms) at one batch size."""
+def speed(batch: int, steps: int, rounds: int) -> tuple[list[list[Any]], list[list[Any]]]:
+    """Overhead ratios and per-NFE times at one batch size.
+
+    Each round times the bare calls, ``simulate`` and every reference once, back to back, and
+    the ratios are taken within the round; the tables report medians over rounds.
+    """
     drift = mlp_drift()
     x0 = torch.randn(batch, 2, generator=torch.Generator().manual_seed(0))
     t_bare = torch.full((batch,), 0.5)
     counted = Counted(drift)
     ode = VectorFieldODE(counted)
     grid = time_grid(steps)
-
-    def ours(method: str) -> Callable[[], Any]:
-        return lambda: simulate(ode, x0, grid, method)
-
-    libraries: dict[str, Callable[[str], Callable[[], Any]]] = {"flowdiff simulate": ours}
-    counted_refs = reference_runners(counted, x0, steps)
-    libraries.update(counted_refs)
+    references = reference_runners(counted, x0, steps)
 
     def bare_calls(n: int) -> None:
         for _ in range(n):
@@ -220,30 +220,32 @@ def speed(batch: int, steps: int, repeats: int) -> tuple[list[list[Any]], list[l
     overhead_rows, per_nfe_rows = [], []
     with torch.no_grad():
         for method in [*FIXED, "dopri5"]:
-            per_nfe: dict[str, float] = {}
-            ratios = []
-            for lib, make in libraries.items():
-                run = make(method if lib == "flowdiff simulate" else REFERENCE_METHODS[method])
+            solves = {"simulate": lambda m=method: simulate(ode, x0, grid, m)}
+            solves.update(
+                {lib: make(REFERENCE_METHODS[method]) for lib, make in references.items()}
+            )
+            nfe = {}
+            for lib, solve in solves.items():
                 counted.calls = 0
-                run()  # warm-up, and the NFE of one solve
-                nfe = counted.calls
-                times = []
-                for _ in range(repeats):
-                    solve = _time(run)
-                    times.append(solve / nfe)
-                    if lib == "flowdiff simulate" and method in FIXED:
-                        # bare calls right next to the solve, so both see the same machine load
-                        ratios.append(solve / _time(lambda n=nfe: bare_calls(n)))
-                per_nfe[lib] = statistics.median(times)
-            if ratios:
-                overhead_rows.append([method, batch, steps, round(statistics.median(ratios), 4)])
-            ours_ms = per_nfe["flowdiff simulate"] * 1e3
-            row: list[Any] = [method, batch, round(ours_ms, 3)]
+                solve()  # warm-up, and the NFE of one solve
+                nfe[lib] = counted.calls
+            per_nfe: dict[str, list[float]] = {lib: [] for lib in solves}
+            ratios = []
+            for _ in range(rounds):
+                bare = _cpu_time(lambda n=nfe["simulate"]: bare_calls(n)) / nfe["simulate"]
+                for lib, solve in solves.items():
+                    per_nfe[lib].append(_cpu_time(solve) / nfe[lib])
+                ratios.append(per_nfe["simulate"][-1] / bare)
+            if method in FIXED:
+                overhead_rows.append([method, batch, steps, statistics.median(ratios)])
+            ours = per_nfe["simulate"]
+            row: list[Any] = [method, batch, nfe["simulate"], statistics.median(ours) * 1e3]
             for lib in ("flow_matching ODESolver", "torchdiffeq.odeint"):
-                if lib not in counted_refs:
+                if lib not in per_nfe:
                     row += ["not installed", "-"]
-                else:
-                    row += [round(per_nfe[lib] * 1e3, 3), round(per_nfe[lib] * 1e3 / ours_ms, 3)]
+                    continue
+                speedups = [ref / mine for ref, mine in zip(per_nfe[lib], ours)]
+                row += [statistics.median(per_nfe[lib]) * 1e3, statistics.median(speedups)]
             per_nfe_rows.append(row)
     return overhead_rows, per_nfe_rows
 
@@ -252,7 +254,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     setup(threads=1)
     ode_rows = ode_orders(quick)
     sde_rows = sde_orders(quick)
-    configs = [(500, 5, 2)] if quick else [(10_000, 10, 5), (256, 100, 7)]
+    # the benchmark's case (batch 10,000), then smaller batches where the loop itself shows
+    configs = [(500, 5, 2)] if quick else [(10_000, 10, 5), (256, 50, 7), (16, 100, 9)]
     overhead, per_nfe = [], []
     for batch, steps, repeats in configs:
         o, p = speed(batch, steps, repeats)
@@ -268,11 +271,13 @@ def run(quick: bool = False) -> dict[str, Any]:
             ),
             "Overhead ratio: time(simulate) / time(NFE bare drift calls), 3x256 MLP, 1 thread "
             "(goal <= 1.05)\n\n" + markdown_table(["solver", "batch", "steps", "ratio"], overhead),
-            "Time per NFE (ms) and speed-up of simulate (reference time / ours; goal >= 1.5)\n\n"
+            "CPU time per NFE (ms) and speed-up of simulate (reference / ours, median over "
+            "rounds; goal >= 1.5)\n\n"
             + markdown_table(
                 [
                     "method",
                     "batch",
+                    "NFE",
                     "simulate",
                     "flow_matching",
                     "speed-up",

@@ -134,5 +134,5 @@ def test_bad_input_raises(batch):
         get_coupling("otx")
     with pytest.raises(TypeError, match=r"coupling 'ot' takes no options, got \['reg'\]"):
         get_coupling("ot", reg=0.1)
-    with pytest.raises(TypeError, match="x1 must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"x1 must be a torch\.Tensor"):
         independent_coupling(x0, x1.numpy())

@@ -155,7 +155,7 @@ def test_bad_arguments() -> None:
         sample_toy("rings", 0)
     with pytest.raises(ValueError, match=r"n must be a positive int, got 2\.5"):
         sample_toy("rings", 2.5)
-    with pytest.raises(TypeError, match="name must be a str"):
+    with pytest.raises(TypeError, match="toy set must be a string"):
         sample_toy(3, 10)
     with pytest.raises(ValueError, match="not a Gaussian mixture"):
         toy_mixture("moons")

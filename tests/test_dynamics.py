@@ -178,7 +178,8 @@ def test_langevin_reaches_a_gaussian_mixture() -> None:
     [
         ("plot_linear_ode", {"starts": 5, "steps": 10}, (600, 400)),
         ("plot_euler_vs_exact", {"step_counts": (2, 8)}, (600, 400)),
-        ("plot_brownian_ou", {"sigmas": (0.5, 1.0), "paths": 3, "steps": 50}, (800, 800)),
+        ("plot_brownian_motion", {"sigmas": (0.5, 1.0), "paths": 3, "steps": 50}, (800, 400)),
+        ("plot_ornstein_uhlenbeck", {"sigmas": (0.5,), "paths": 3, "steps": 50}, (400, 400)),
         ("plot_langevin", {"times": (0.0, 1.0), "n": 200, "steps_per_unit": 10}, (800, 400)),
     ],
 )
@@ -197,6 +198,6 @@ def test_figures_reject_bad_arguments(tmp_path) -> None:
     from flowdiff.viz import dynamics as figures
 
     with pytest.raises(ValueError, match="sigmas must be a non-empty list"):
-        figures.plot_brownian_ou(tmp_path / "ou.png", sigmas=(0.5, -1.0))
+        figures.plot_ornstein_uhlenbeck(tmp_path / "ou.png", sigmas=(0.5, -1.0))
     with pytest.raises(ValueError, match="times must start at 0 and increase"):
         figures.plot_langevin(tmp_path / "l.png", times=(0.0, 2.0, 1.0))

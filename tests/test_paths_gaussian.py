@@ -288,7 +288,7 @@ def test_bad_input_raises(gen):
         path.convert(x1, x0, 0.5, source="veloctiy", target="x1")
     with pytest.raises(ValueError, match=r"value must have the shape of x \(64, 3\)"):
         path.convert(x1[:3], x0, 0.5, source="x1", target="score")
-    with pytest.raises(TypeError, match="x1 must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"x1 must be a torch\.Tensor"):
         path.sample(x0, x1.tolist(), 0.5)
     with pytest.raises(ValueError, match="guard must be"):
         GaussianPath(guard=0.0)

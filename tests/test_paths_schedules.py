@@ -138,7 +138,7 @@ def test_unknown_name_suggests_the_closest():
 
 def test_bad_endpoints_raise():
     # beta_max too small: alpha_0 = exp(-(0.1 + 2.45) / 2) = 0.28 is far from 0.
-    with pytest.raises(ValueError, match="alpha_0 = 0.279"):
+    with pytest.raises(ValueError, match=r"alpha_0 = 0\.279"):
         get_schedule("vp", beta_max=5.0)
 
     class Shifted(Schedule):
@@ -166,8 +166,13 @@ def test_bad_endpoints_raise():
 def test_bad_parameters_raise(name, kw, match):
     with pytest.raises(ValueError, match=match):
         get_schedule(name, **kw)
+
+
+def test_bad_parameter_types_raise():
     with pytest.raises(TypeError, match="n must be a number"):
         get_schedule("polynomial", n=True)
+    with pytest.raises(TypeError, match="beta_max must be a number"):
+        get_schedule("vp", beta_max="20")
 
 
 def test_bad_configs_raise():

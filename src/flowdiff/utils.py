@@ -7,8 +7,9 @@ Time is broadcast here, once, instead of in every module.
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -16,8 +17,11 @@ from torch import Tensor
 __all__ = [
     "as_batch_time",
     "check_finite",
+    "check_name",
+    "check_positive",
     "check_shape",
     "check_tensor",
+    "closest_name_hint",
     "event_dims",
     "expand_like",
     "positive_int",
@@ -136,3 +140,32 @@ def shape_tuple(
             f"{name} must be a positive int or a tuple of positive ints, got {value!r}"
         )
     return shape
+
+
+def closest_name_hint(name: object, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the choice closest to a misspelt ``name``, or ``""``."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_name(name: object, choices: Iterable[str], what: str) -> str:
+    """Return ``name`` if it is one of ``choices``; else a ``ValueError`` naming the closest one.
+
+    ``what`` names the argument in the message, e.g. ``"schedule"`` or ``"source"``.
+    """
+    options = sorted(choices)
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a string (one of {', '.join(options)}), got {name!r}")
+    if name not in options:
+        hint = closest_name_hint(name, options)
+        raise ValueError(f"unknown {what} {name!r}{hint} (choose from {', '.join(options)})")
+    return name
+
+
+def check_positive(value: object, name: str, *, below: float = math.inf) -> float:
+    """Return ``value`` as a float if it is a real number in ``(0, below)``, else raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not 0 < value < below:
+        raise ValueError(f"{name} must be a number in (0, {below:g}), got {value!r}")
+    return float(value)

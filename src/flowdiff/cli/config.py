@@ -7,7 +7,6 @@ DIR/config.yaml`` repeats it exactly. Flags given on the command line override t
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import yaml
 
 from flowdiff.io import atomic_write
+from flowdiff.utils import closest_name_hint
 
 __all__ = ["RunConfig", "read_config_file"]
 
@@ -66,8 +66,7 @@ class RunConfig:
         known = [f.name for f in dataclasses.fields(cls)]
         for key in values:
             if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = closest_name_hint(key, known)
                 raise ValueError(f"unknown setting {key!r} in {source}{hint}")
         return cls(**values)
 

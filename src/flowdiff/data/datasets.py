@@ -8,7 +8,6 @@ and ``model.normalization = data.normalizer.to_dict()``.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from torch import Tensor
 from flowdiff.data.files import RawData, read_file
 from flowdiff.data.normalize import Normalizer
 from flowdiff.data.toys import sample_toy, toy_names, toy_num_classes
-from flowdiff.utils import check_finite
+from flowdiff.utils import check_finite, closest_name_hint
 
 __all__ = ["DEFAULT_TOY_SIZE", "Data", "dataset_names", "load_data"]
 
@@ -95,8 +94,7 @@ def _looks_like_path(source: str | os.PathLike) -> bool:
 
 def _unknown_name(source: str) -> ValueError:
     names = dataset_names()
-    close = difflib.get_close_matches(source, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = closest_name_hint(source, names)
     return ValueError(
         f"unknown dataset {source!r}{hint} (built-in names: {', '.join(names)}; or give a path to "
         ".npy/.npz/.pt/.csv, an '*-images-idx3-ubyte[.gz]' file or an image folder)"

@@ -31,7 +31,6 @@ torch generator, so one ``torch.Generator`` seed reproduces every set bit for bi
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ import torch
 from torch import Tensor
 
 from flowdiff.distributions import GaussianMixture
-from flowdiff.utils import randn
+from flowdiff.utils import check_name, randn
 
 __all__ = ["sample_toy", "toy_mixture", "toy_names", "toy_num_classes"]
 
@@ -223,13 +222,7 @@ def toy_names() -> list[str]:
 
 
 def _toy(name: str) -> _Toy:
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
-    if name not in _TOYS:
-        close = difflib.get_close_matches(name, _TOYS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown toy set {name!r}{hint} (choose from {', '.join(toy_names())})")
-    return _TOYS[name]
+    return _TOYS[check_name(name, _TOYS, "toy set")]
 
 
 def toy_num_classes(name: str) -> int | None:

@@ -1,8 +1,8 @@
 """Continuous normalizing flow trained by maximum likelihood (FFJORD, Grathwohl et al., 2019).
 
-The model is a vector field ``u_t^theta(x)`` (a ``flowdiff.nets.MLP``);
-its flow carries ``p_init = N(0, I)`` at t=0 to ``p_1^theta`` at t=1, whose exact log density is
-given by the instantaneous change of variables (``flowdiff.models.likelihood``, eq. 1)::
+The model is a vector field ``u_t^theta(x)`` (a ``flowdiff.nets.MLP``); its flow carries
+``p_init = N(0, I)`` at t=0 to ``p_1^theta`` at t=1, whose exact log density is given by the
+instantaneous change of variables (``flowdiff.models.likelihood``, eq. 1)::
 
     log p_1^theta(x) = log p_init(X_0) - int_0^1 div u_t^theta(X_t) dt,   X_1 = x.
 
@@ -46,7 +46,7 @@ class CNF(GenerativeModel):
     ``x``. (The sinusoidal embedding of ``flowdiff.nets`` reads ``t`` with frequencies up to 1000
     rad per unit, which makes a randomly initialised field oscillate in time; a few-step
     training solve then differentiates a badly discretised flow, and the adaptive evaluation
-    solve needs thousands of steps.)
+    solve needs far more steps.)
 
     Args:
         event_shape: shape of one sample, e.g. ``(2,)``.
@@ -57,7 +57,7 @@ class CNF(GenerativeModel):
             differentiates the divergence, itself a derivative of the net, w.r.t. the weights,
             and a ReLU net's divergence is piecewise constant in ``x``.
         method: divergence used in training, ``"hutchinson"`` (default) or ``"exact"``
-            (``D`` backward passes per evaluation, worth it only for tiny ``D``).
+            (``D`` vector-Jacobian products per evaluation: worth it only for tiny ``D``).
         probes: Hutchinson probes per sample in training.
         noise: Hutchinson probe law in training, ``"rademacher"`` or ``"gaussian"``.
         solver: solver of the differentiable training solve (any ODE solver name; a fixed-step

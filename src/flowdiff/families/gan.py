@@ -43,8 +43,10 @@ PHASES = ("discriminator", "generator")
 def _frozen(module: nn.Module) -> Iterator[None]:
     """Build graphs without ``module``'s parameters as leaves; restore ``requires_grad`` on exit.
 
-    The generator's loss backpropagates *through* the discriminator but must not leave gradients
-    on its parameters: the discriminator's optimizer would otherwise apply them at its next step.
+    The generator's loss backpropagates *through* the discriminator, but its gradient with
+    respect to the discriminator's weights is never used: not computing it saves that part of the
+    backward pass, and a loop that does not zero every gradient between phases cannot then feed
+    the generator's objective to the discriminator's optimizer.
     """
     flags = [(p, p.requires_grad) for p in module.parameters()]
     for p, _ in flags:

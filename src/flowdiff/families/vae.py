@@ -78,7 +78,9 @@ class VAE(GenerativeModel):
                     f"decoder_std applies to the gaussian likelihood only, got decoder_std="
                     f"{decoder_std!r} with likelihood={likelihood!r}"
                 )
-            if not (isinstance(decoder_std, (int, float)) and 0 < decoder_std < math.inf):
+            if isinstance(decoder_std, bool) or not (
+                isinstance(decoder_std, (int, float)) and 0 < decoder_std < math.inf
+            ):
                 raise ValueError(
                     f"decoder_std must be a positive finite number or None, got {decoder_std!r}"
                 )

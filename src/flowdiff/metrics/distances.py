@@ -9,7 +9,6 @@ independent data samples of the same size.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Sequence
 
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor
 
 from flowdiff.metrics.samples import paired_sample_matrices
-from flowdiff.utils import check_tensor
+from flowdiff.utils import check_name, check_tensor
 
 __all__ = [
     "DEFAULT_BANDWIDTHS",
@@ -236,11 +235,7 @@ _METRICS: dict[str, Callable[..., float]] = {
 
 def get_metric(name: str) -> Callable[..., float]:
     """A sample metric by name: ``wasserstein2, sliced_wasserstein, mmd, energy_distance``."""
-    if name not in _METRICS:
-        close = difflib.get_close_matches(str(name), _METRICS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown metric {name!r}{hint} (choose from {', '.join(_METRICS)})")
-    return _METRICS[name]
+    return _METRICS[check_name(name, _METRICS, "metric")]
 
 
 def floor(

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from flowdiff.dynamics import ODE
 from flowdiff.solvers import simulate, time_grid
-from flowdiff.utils import check_finite, check_tensor
+from flowdiff.utils import check_finite, check_tensor, positive_int, shape_tuple
 
 __all__ = [
     "DIVERGENCE_METHODS",
@@ -70,9 +70,7 @@ def hutchinson_probes(
     ``2 ||S||_F^2`` includes, ``S`` the symmetric part of the Jacobian).
     """
     _check_choice(noise, PROBE_NOISES, "noise")
-    if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
-        raise ValueError(f"probes must be a positive int, got {probes!r}")
-    shape = (probes, *x.shape)
+    shape = (positive_int(probes, "probes"), *x.shape)
     if noise == "gaussian":
         return torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
     signs = torch.randint(0, 2, shape, generator=generator, device=x.device)
@@ -238,14 +236,13 @@ def _transport_with_log_density(
     Returns ``(X_{t_end} (B, *shape), log p_{t_end}(X_{t_end}) - log p_{t_start}(x) (B,))``.
     """
     _check_choice(method, DIVERGENCE_METHODS, "method")
+    _check_choice(noise, PROBE_NOISES, "noise")  # also when unused: a typo must not pass
     # Hutchinson probes are drawn once per solve (FFJORD): with probes fixed along the path the
     # augmented ODE is smooth (adaptive steps work) and E_eps[L] is still exactly the integral
     # of the true divergence, because the trajectory X_t does not depend on eps.
-    eps = (
-        hutchinson_probes(x, probes, noise, generator=generator) if method == "hutchinson" else None
-    )
-    if eps is None:
-        _check_choice(noise, PROBE_NOISES, "noise")
+    eps = None
+    if method == "hutchinson":
+        eps = hutchinson_probes(x, probes, noise, generator=generator)
     dynamics = _LogDensityODE(field, tuple(x.shape[1:]), method=method, eps=eps, create_graph=grad)
     state = torch.cat([x.flatten(1), x.new_zeros(x.shape[0], 1)], dim=1)
     ts = time_grid(steps, "uniform", t_start, t_end, dtype=torch.float64)
@@ -416,15 +413,12 @@ def bits_per_dim(
     Args:
         log_prob: ``(B,)`` log densities in nats of the dequantised data in model space.
         event_shape: shape of one sample (``D`` is its number of entries).
-        scale: model-space units per quantisation level (positive).
+        scale: quantisation levels per model-space unit (positive).
     """
     check_tensor(log_prob, "log_prob")
     if log_prob.dim() != 1:
         raise ValueError(f"log_prob must have shape (B,), got {tuple(log_prob.shape)}")
-    shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
-    if not shape or any(not isinstance(s, int) or s <= 0 for s in shape):
-        raise ValueError(f"event_shape must be positive ints, got {event_shape!r}")
+    dim = math.prod(shape_tuple(event_shape, "event_shape"))
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    dim = math.prod(shape)
     return (-log_prob + dim * math.log(scale)) / (dim * math.log(2))

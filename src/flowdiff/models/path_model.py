@@ -22,7 +22,7 @@ from flowdiff.models.base import GenerativeModel
 from flowdiff.models.guidance import ClassifierFreeGuidance
 from flowdiff.models.sampling import DiffusionCoefficient, ModelField, check_sigma, model_dynamics
 from flowdiff.objectives import drop_labels, get_objective
-from flowdiff.paths import GaussianPath, Schedule, get_coupling
+from flowdiff.paths import GaussianPath, Schedule
 from flowdiff.solvers import Solution, simulate, time_grid
 
 __all__ = ["PathModel", "default_net_config"]

@@ -10,7 +10,6 @@ JSON description plus the weights.
 from __future__ import annotations
 
 import copy
-import difflib
 import inspect
 from typing import Any, ClassVar
 
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from flowdiff.nets.layers import LabelEmbedding
-from flowdiff.utils import as_batch_time
+from flowdiff.utils import as_batch_time, closest_name_hint
 
 __all__ = ["Net", "build", "registered_nets"]
 
@@ -104,8 +103,7 @@ def build(config: dict[str, Any]) -> Net:
         )
     kind = config["type"]
     if kind not in _REGISTRY:
-        close = difflib.get_close_matches(str(kind), _REGISTRY, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = closest_name_hint(kind, _REGISTRY)
         raise ValueError(f"unknown network type {kind!r}{hint} (choose from {registered_nets()})")
     cls = _REGISTRY[kind]
     kwargs = {k: v for k, v in config.items() if k != "type"}

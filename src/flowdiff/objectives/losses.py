@@ -37,11 +37,17 @@ import torch
 from torch import Tensor, nn
 
 from flowdiff.objectives.time_samplers import TimeSampler, get_time_sampler
-from flowdiff.paths import GaussianPath, PathSample, ProbabilityPath, get_coupling, path_from_config
-from flowdiff.paths._checks import check_name
+from flowdiff.paths import (
+    AffinePath,
+    GaussianPath,
+    PathSample,
+    ProbabilityPath,
+    get_coupling,
+    path_from_config,
+)
 from flowdiff.paths.base import Source
 from flowdiff.paths.couplings import Coupling
-from flowdiff.utils import check_finite, check_tensor
+from flowdiff.utils import check_finite, check_name, check_tensor
 
 __all__ = [
     "DataPrediction",
@@ -100,6 +106,10 @@ class Objective(abc.ABC):
             )
         self.path = path
         if isinstance(time_sampler, dict):
+            if "name" not in time_sampler:
+                raise ValueError(
+                    f"time_sampler config needs a 'name' key, got keys {sorted(time_sampler)}"
+                )
             self.time_sampler = get_time_sampler(**time_sampler)
         else:
             self.time_sampler = get_time_sampler(time_sampler)
@@ -107,7 +117,7 @@ class Objective(abc.ABC):
         self.weighting = self.default_weighting if weighting is None else weighting
         if isinstance(self.weighting, str):
             check_name(self.weighting, _WEIGHTINGS, "weighting")
-            if self.weighting == "beta_squared" and not hasattr(path, "schedule"):
+            if self.weighting == "beta_squared" and not isinstance(path, AffinePath):
                 raise ValueError(
                     f"weighting 'beta_squared' needs a path with a schedule, got {path!r}"
                 )

@@ -15,8 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from flowdiff.paths._checks import check_name, check_positive
-from flowdiff.utils import randn
+from flowdiff.utils import check_name, check_positive, randn
 
 __all__ = ["LogitNormalTime", "TimeSampler", "UniformTime", "get_time_sampler"]
 

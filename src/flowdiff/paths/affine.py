@@ -21,13 +21,14 @@ beta_t x0`` with ``x0 ~ N(0, I)``. Its conditional vector field and score are
 them. From a velocity this inverts ``[[alpha, beta], [d_alpha, d_beta]]``, whose determinant
 ``alpha d_beta - beta d_alpha`` is negative on ``(0, 1)`` for every schedule here, and at both
 endpoints too except for ``polynomial`` with ``n > 1`` at t=0, where the velocity itself
-vanishes; so that direction is safe at the endpoints. Recovering ``eps_hat`` from ``x1`` divides by ``beta_t`` (0 at t=1), ``x1_hat``
-from ``epsilon``/``score`` divides by ``alpha_t`` (0 at t=0), and a score from anything divides by
-``beta_t``. These are the directions in which the information is genuinely lost at the endpoint
-(``x_0`` is pure noise and says nothing about ``x1``); there the denominator is replaced by
-``+-guard`` whenever its magnitude is below ``guard`` (default ``1e-4``). Conversions are
-therefore exact wherever ``|alpha_t|, |beta_t| >= guard`` and finite everywhere, but a value
-converted *through* a vanishing coefficient at an endpoint is not meaningful.
+vanishes; so that direction is safe at the endpoints. Recovering ``eps_hat`` from ``x1`` divides
+by ``beta_t`` (0 at t=1), ``x1_hat`` from ``epsilon``/``score`` divides by ``alpha_t`` (0 at
+t=0), and a score from anything divides by ``beta_t``. These are the directions in which the
+information is genuinely lost at the endpoint (``x_0`` is pure noise and says nothing about
+``x1``); there the denominator is replaced by ``+-guard`` whenever its magnitude is below
+``guard`` (default ``1e-4``). Conversions are therefore exact wherever ``|alpha_t|, |beta_t| >=
+guard`` and finite everywhere, but a value converted *through* a vanishing coefficient at an
+endpoint is not meaningful.
 """
 
 from __future__ import annotations
@@ -38,10 +39,9 @@ import torch
 from torch import Tensor
 
 from flowdiff.distributions import IsotropicGaussian
-from flowdiff.paths._checks import check_positive
 from flowdiff.paths.base import PathSample, ProbabilityPath, Source, randn_like
 from flowdiff.paths.schedules import Schedule, ScheduleValues, get_schedule, schedule_from_config
-from flowdiff.utils import as_batch_time, check_tensor, expand_like
+from flowdiff.utils import as_batch_time, check_positive, check_tensor, expand_like
 
 __all__ = ["AffinePath", "GaussianPath", "LinearPath"]
 

@@ -15,8 +15,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor
 
-from flowdiff.paths._checks import check_name
-from flowdiff.utils import as_batch_time, check_tensor, randn
+from flowdiff.utils import as_batch_time, check_name, check_tensor, randn
 
 __all__ = ["PathSample", "ProbabilityPath", "Source", "path_from_config", "path_names"]
 

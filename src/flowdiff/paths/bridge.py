@@ -7,7 +7,7 @@ Conditioned on both ends ``z = (x0, x1)``, a Brownian motion with diffusion ``si
 
 sampled as ``x_t = mu_t + sigma sqrt(t (1 - t)) z``. The vector field whose flow carries these
 marginals (Tong et al. 2024, "Improving and generalizing flow-based generative models with
-minibatch optimal transport", Prop. 3.4 with the Schrodinger-bridge path) is
+minibatch optimal transport", section 3, the Schrodinger-bridge conditional path) is
 
     u_t(x | x0, x1) = (1 - 2t) / (2 t (1 - t)) (x - mu_t) + (x1 - x0),
 
@@ -26,10 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowdiff.paths._checks import check_positive
 from flowdiff.paths.base import PathSample, ProbabilityPath, Source, randn_like
 from flowdiff.paths.schedules import check_time
-from flowdiff.utils import check_tensor, expand_like
+from flowdiff.utils import check_positive, check_tensor, expand_like
 
 __all__ = ["BrownianBridgePath"]
 

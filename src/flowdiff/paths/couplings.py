@@ -23,8 +23,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from flowdiff.paths._checks import check_name, check_positive
-from flowdiff.utils import check_finite, check_tensor
+from flowdiff.utils import check_finite, check_name, check_positive, check_tensor
 
 __all__ = ["CoupledBatch", "Coupling", "get_coupling", "independent_coupling", "ot_coupling"]
 
@@ -89,11 +88,12 @@ def ot_coupling(
       ``linear_sum_assignment``; ``reg`` and ``generator`` are not used.
     - ``method="sinkhorn"``: the entropic plan ``argmin <pi, C> - reg H(pi)`` with uniform
       marginals (POT's stabilised Sinkhorn, which absorbs large scalings into the log domain
-      so that a small ``reg`` does not underflow; POT warns if it has not converged); for each ``x1_j`` an
-      ``x0`` is drawn from the plan's column ``pi[:, j] / sum_i pi[i, j]``, so the pairs are an
-      exact draw of ``pi`` whose data half is the batch itself. ``reg`` is in the units of the
-      squared cost: ``reg = 2 sigma^2`` gives the Schrodinger bridge of a Brownian bridge with
-      diffusion ``sigma`` (SB-CFM); ``reg -> inf`` tends to the independent coupling.
+      so that a small ``reg`` does not underflow; POT warns if it has not converged). For each
+      ``x1_j`` an ``x0`` is drawn from the plan's column ``pi[:, j] / sum_i pi[i, j]``, so the
+      pairs are an exact draw of ``pi`` whose data half is the batch itself. ``reg`` is in the
+      units of the squared cost: ``reg = 2 sigma^2`` gives the Schrodinger bridge of a Brownian
+      bridge with diffusion ``sigma`` (SB-CFM); ``reg -> inf`` tends to the independent
+      coupling.
 
     Args:
         x0, x1: ``(B, *shape)``. y: ``(B, ...)`` labels of ``x1`` or ``None``.

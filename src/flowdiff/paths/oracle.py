@@ -117,6 +117,7 @@ class GaussianMixtureOracle(ODE):
         return self._score_and_denoiser(x, t)[2]
 
     def _field_and_score(self, x: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]:
+        """``u_t(x)`` and ``grad log p_t(x)`` from one posterior computation, both ``(B, D)``."""
         c, score, denoised = self._score_and_denoiser(x, t)
         return c.d_alpha * denoised - c.d_beta * c.beta * score, score
 

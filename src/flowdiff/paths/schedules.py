@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from flowdiff.paths._checks import check_name, check_positive
+from flowdiff.utils import check_name, check_positive
 
 __all__ = [
     "CosineSchedule",
@@ -38,6 +38,7 @@ __all__ = [
     "ScheduleValues",
     "SquareRootSchedule",
     "VPSchedule",
+    "check_time",
     "get_schedule",
     "schedule_from_config",
     "schedule_names",

@@ -93,10 +93,6 @@ class ButcherTableau:
         fsal = s > 1 and self.a[-1] == tuple(self.b[:-1]) and self.b[-1] == 0 and self.c[-1] == 1
         object.__setattr__(self, "fsal", fsal)
 
-    @property
-    def stages(self) -> int:
-        return len(self.c)
-
 
 def combine(
     x: Tensor | None, h: float, terms: Sequence[tuple[int, float]], ks: Sequence[Tensor]

@@ -42,7 +42,9 @@ def brownian_increment(
 ) -> Tensor:
     """``W_{t+h} - W_t ~ N(0, |h| I)`` of the given shape, drawn with ``generator``."""
     # torch draws on the generator's device; the increment then moves to the state's
-    z = randn(shape, generator=generator, dtype=dtype, device=None if generator else device)
+    z = randn(
+        shape, generator=generator, dtype=dtype, device=None if generator is not None else device
+    )
     z.mul_(math.sqrt(abs(h)))
     return z if device is None else z.to(device)
 

@@ -3,7 +3,7 @@
 - :func:`plot_linear_ode`: trajectories of ``dX = -theta X dt`` from many starts, exact flow
   ``x0 e^{-theta t}`` dashed on top.
 - :func:`plot_euler_vs_exact`: Euler's polygon for several step sizes against the exact flow.
-- :func:`plot_brownian_ou`: Brownian motion and Ornstein-Uhlenbeck paths for several ``sigma``,
+- :func:`plot_brownian_motion`, :func:`plot_ornstein_uhlenbeck`: paths for several ``sigma``,
   with the closed-form ``mean +- 2 std`` band of their marginals.
 - :func:`plot_langevin`: Langevin samples approaching a Gaussian mixture, snapshots over its
   density.
@@ -37,7 +37,13 @@ from flowdiff.viz.figures import (
 from flowdiff.viz.samples import draw_points
 from flowdiff.viz.trajectories import plot_trajectories
 
-__all__ = ["plot_brownian_ou", "plot_euler_vs_exact", "plot_langevin", "plot_linear_ode"]
+__all__ = [
+    "plot_brownian_motion",
+    "plot_euler_vs_exact",
+    "plot_langevin",
+    "plot_linear_ode",
+    "plot_ornstein_uhlenbeck",
+]
 
 
 def _check_sigmas(sigmas: Sequence[float]) -> list[float]:
@@ -104,7 +110,61 @@ def plot_euler_vs_exact(
     return save_figure(fig, path)
 
 
-def plot_brownian_ou(
+def _plot_sde_per_sigma(
+    path: str | os.PathLike,
+    sdes: Sequence[BrownianMotion | OrnsteinUhlenbeck],
+    *,
+    start: float,
+    paths: int,
+    t1: float,
+    steps: int,
+    seed: int,
+) -> Path:
+    """One panel per SDE: ``paths`` Euler-Maruyama paths from ``start``, the exact mean dashed
+    and the exact ``mean +- 2 std`` band of ``X_t`` shaded (dotted: OU stationary ``+- 2 std``).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    grid = time_grid(steps, t1=t1)
+    t = grid.numpy()
+    fig, axes = new_figure(1, len(sdes), panel_width=PANEL_INCHES)
+    for ax, sde in zip(axes[0], sdes):
+        x_start = torch.full((paths, 1), start)
+        sol = simulate(sde, x_start, grid, "euler_maruyama", save="all", generator=gen)
+        # the closed forms at every grid time: one start per time, t as a batch (T,)
+        mean = sde.mean(torch.full((len(grid), 1), start), grid)[:, 0].numpy()
+        std = sde.variance(grid).sqrt().numpy()
+        ax.fill_between(t, mean - 2 * std, mean + 2 * std, color="C0", alpha=0.15, lw=0)
+        ax.plot(t, sol.xs[..., 0].numpy(), lw=0.8)  # type: ignore[index]
+        ax.plot(t, mean, color="k", lw=1.2, ls="--")
+        if isinstance(sde, OrnsteinUhlenbeck):
+            for sign in (-2, 2):
+                ax.axhline(sign * sde.stationary_std, color="k", lw=0.8, ls=":")
+            name = f"OU, $\\theta = {sde.theta:g}$"
+        else:
+            name = "Brownian motion"
+        ax.set_title(f"{name}, $\\sigma = {sde.sigma:g}$", fontsize=10)
+        ax.set_xlabel("t")
+        ax.set_xlim(0.0, t1)
+    axes[0, 0].set_ylabel("$X_t$")
+    return save_figure(fig, path)
+
+
+def plot_brownian_motion(
+    path: str | os.PathLike,
+    *,
+    sigmas: Sequence[float] = (0.25, 0.5, 1.0, 2.0),
+    paths: int = 8,
+    t1: float = 5.0,
+    steps: int = 500,
+    seed: int = 0,
+) -> Path:
+    """Paths of ``dX = sigma dW`` from 0, one panel per ``sigma``, over the exact band
+    ``+- 2 sigma sqrt(t)``."""
+    sdes = [BrownianMotion(s) for s in _check_sigmas(sigmas)]
+    return _plot_sde_per_sigma(path, sdes, start=0.0, paths=paths, t1=t1, steps=steps, seed=seed)
+
+
+def plot_ornstein_uhlenbeck(
     path: str | os.PathLike,
     *,
     sigmas: Sequence[float] = (0.25, 0.5, 1.0, 2.0),
@@ -115,38 +175,10 @@ def plot_brownian_ou(
     steps: int = 500,
     seed: int = 0,
 ) -> Path:
-    """Top row: Brownian motion ``dX = sigma dW`` from 0; bottom row: Ornstein-Uhlenbeck
-    ``dX = -theta X dt + sigma dW`` from ``x0``; one column per ``sigma``. The shaded band is
-    the exact ``mean +- 2 std`` of ``X_t``; the dotted lines the OU stationary ``+- 2 std``."""
-    sigmas = _check_sigmas(sigmas)
-    gen = torch.Generator().manual_seed(seed)
-    grid = time_grid(steps, t1=t1)
-    t = grid.numpy()
-    fig, axes = new_figure(2, len(sigmas), panel_width=PANEL_INCHES)
-    for col, sigma in enumerate(sigmas):
-        rows = (
-            (BrownianMotion(sigma), 0.0, "Brownian motion"),
-            (OrnsteinUhlenbeck(theta, sigma), x0, f"OU, $\\theta = {theta:g}$"),
-        )
-        for row, (sde, start, name) in enumerate(rows):
-            ax = axes[row, col]
-            x_start = torch.full((paths, 1), start)
-            sol = simulate(sde, x_start, grid, "euler_maruyama", save="all", generator=gen)
-            # the closed forms at every grid time: one start per time, t as a batch (T,)
-            mean = sde.mean(torch.full((len(grid), 1), start), grid)[:, 0].numpy()
-            std = sde.variance(grid).sqrt().numpy()
-            ax.fill_between(t, mean - 2 * std, mean + 2 * std, color="C0", alpha=0.15, lw=0)
-            ax.plot(t, sol.xs[..., 0].numpy(), lw=0.8)  # type: ignore[index]
-            ax.plot(t, mean, color="k", lw=1.2, ls="--")
-            if isinstance(sde, OrnsteinUhlenbeck):
-                for sign in (-2, 2):
-                    ax.axhline(sign * sde.stationary_std, color="k", lw=0.8, ls=":")
-            ax.set_title(f"{name}, $\\sigma = {sigma:g}$", fontsize=10)
-            ax.set_xlabel("t")
-            ax.set_xlim(0.0, t1)
-    axes[0, 0].set_ylabel("$X_t$")
-    axes[1, 0].set_ylabel("$X_t$")
-    return save_figure(fig, path)
+    """Paths of ``dX = -theta X dt + sigma dW`` from ``x0``, one panel per ``sigma``: the mean
+    ``x0 e^{-theta t}`` decays, the band widens to the stationary ``+- 2 sigma/sqrt(2 theta)``."""
+    sdes = [OrnsteinUhlenbeck(theta, s) for s in _check_sigmas(sigmas)]
+    return _plot_sde_per_sigma(path, sdes, start=x0, paths=paths, t1=t1, steps=steps, seed=seed)
 
 
 def plot_langevin(
