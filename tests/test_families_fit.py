@@ -46,7 +46,7 @@ def trained(moons):
     x, _, _ = moons
     recipes = {
         "realnvp": lambda: _fit(RealNVP(2, n_layers=4, hidden=32), x, steps=300, lr=3e-3),
-        "vae": lambda: _fit(VAE(2, latent_dim=2, hidden=64), x, steps=800, lr=3e-3),
+        "vae": lambda: _fit(VAE(2, latent_dim=2, hidden=64), x, steps=1000, lr=3e-3),
         "gan": lambda: _fit(GAN(2, hidden=32), x, steps=600, lr=2e-3, betas=(0.5, 0.999)),
         "ddpm": lambda: _fit(DDPM(2, num_steps=100, net=SMALL_NET), x, steps=1000, lr=3e-3),
     }

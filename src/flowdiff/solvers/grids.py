@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 
 import torch
 from torch import Tensor
+
+from flowdiff.utils import check_name
 
 __all__ = ["GRID_KINDS", "time_grid"]
 
@@ -38,10 +39,7 @@ def time_grid(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if kind not in GRID_KINDS:
-        close = difflib.get_close_matches(str(kind), GRID_KINDS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown grid kind {kind!r}{hint} (choose from {', '.join(GRID_KINDS)})")
+    check_name(kind, GRID_KINDS, "grid kind")
     for name, value in (("t0", t0), ("t1", t1), ("rho", rho)):
         if (
             isinstance(value, bool)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
-
 from flowdiff.solvers.adaptive import Dopri5
 from flowdiff.solvers.base import Solver
 from flowdiff.solvers.rk import EULER, HEUN, MIDPOINT, RK4, ExplicitRungeKutta
 from flowdiff.solvers.sde import EulerMaruyama, StochasticHeun
+from flowdiff.utils import check_name
 
 __all__ = ["available_solvers", "get_solver", "register_solver"]
 
@@ -38,12 +37,7 @@ def get_solver(solver: str | Solver) -> Solver:
         return solver
     if not isinstance(solver, str):
         raise TypeError(f"solver must be a name or a Solver, got {type(solver).__name__}")
-    if solver not in _SOLVERS:
-        close = difflib.get_close_matches(solver, _SOLVERS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"unknown solver {solver!r}{hint} (choose from {', '.join(available_solvers())})"
-        )
+    check_name(solver, _SOLVERS, "solver")
     return _SOLVERS[solver]
 
 

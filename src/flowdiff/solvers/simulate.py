@@ -6,7 +6,6 @@ validation), so each solver only implements a step (or, for ``dopri5``, its adap
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from flowdiff.dynamics import ODE, SDE
 from flowdiff.solvers.base import FixedStepSolver, Solver, _Field
 from flowdiff.solvers.registry import available_solvers, get_solver
 from flowdiff.solvers.sde import brownian_increment
-from flowdiff.utils import check_finite, check_tensor
+from flowdiff.utils import check_finite, check_tensor, closest_name_hint
 
 __all__ = ["Solution", "simulate"]
 
@@ -90,8 +89,7 @@ def _save_times(save: object, times: list[float]) -> list[float] | None:
     """The times to save (``None`` for ``"final"``), ordered in the integration direction."""
     if isinstance(save, str):
         if save not in _SAVE_MODES:
-            close = difflib.get_close_matches(save, _SAVE_MODES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = closest_name_hint(save, _SAVE_MODES)
             raise ValueError(
                 f"save must be 'final', 'all' or a tensor of times, got {save!r}{hint}"
             )
