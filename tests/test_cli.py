@@ -35,7 +35,10 @@ def flowdiff(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
     """In-process call (fast) returning the exit status and stderr."""
-    code = main(list(args))
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse's own errors exit from inside parse_args
+        code = exit_.code
     return code, capsys.readouterr().err
 
 
@@ -257,7 +260,7 @@ def test_existing_run_is_never_overwritten(tmp_path: Path, capsys: pytest.Captur
     ]
     assert main(args) == 0
     before = (out / "model.safetensors").read_bytes()
-    code, err = run_cli(capsys, *args[:-2], "--lr", "0.1", "--out", str(out))
+    code, err = run_cli(capsys, *args, "--lr", "0.1")
     assert_one_line_error(code, err, "--force")
     code, err = run_cli(capsys, *args)  # same settings, already trained
     assert_one_line_error(code, err, "--force")

@@ -88,8 +88,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         "device": args.device,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
-    if args.unconditional:
-        values["conditional"] = False
+    if args.conditional is not None:
+        values["conditional"] = args.conditional
     if args.model_options:
         values["model_options"] = {**values.get("model_options", {}), **dict(args.model_options)}
     if args.train_options:
@@ -131,7 +131,8 @@ def build_model(config: RunConfig, event_shape: tuple[int, ...], num_classes: in
 
     cls = model_class(config.model)
     kwargs: dict[str, Any] = {"event_shape": event_shape, **config.model_options}
-    if num_classes is not None and config.conditional and _accepts(cls.__init__, "num_classes"):
+    conditional = len(event_shape) >= 3 if config.conditional is None else config.conditional
+    if num_classes is not None and conditional and _accepts(cls.__init__, "num_classes"):
         kwargs["num_classes"] = num_classes
     if config.path is not None:
         if not _accepts(cls.__init__, "path"):
@@ -186,6 +187,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     _prepare_run_folder(out, config, args.force)
     data = load_data(config.data, n=config.n_data, generator=_generator(config.seed))
+    torch.manual_seed(config.seed)  # the network's initial weights: a run repeats bit for bit
     model = build_model(config, data.event_shape, data.num_classes)
     out.mkdir(parents=True, exist_ok=True)
     config.write(out / CONFIG_FILE)
@@ -397,7 +399,7 @@ def plot_flow(
     with torch.no_grad():
         z = model.sample(2000, generator=generator, denormalize=False)
     return viz.plot_vector_field(
-        lambda x, t: field(x, t).detach(), [0.0, 0.25, 0.5, 0.75, 1.0], out, lims=_plot_lims(z)
+        lambda x, t: field(x, t).detach(), [0.0, 1 / 3, 2 / 3, 1.0], out, lims=_plot_lims(z)
     )
 
 
@@ -417,7 +419,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         lr=None,
         seed=0,
         device="cpu",
-        unconditional=False,
+        conditional=None,
         model_options=[],
         train_options=[],
         out=str(out),

@@ -27,7 +27,9 @@ class RunConfig:
     data: str = "moons"  # built-in data set name or a path to a file / image folder
     model: str = "flow"  # a family: flow, diffusion, cnf, realnvp, vae, gan, ddpm, ...
     n_data: int | None = None  # points drawn from a toy set, or a random subset of a file
-    conditional: bool = True  # train on labels when the data has them (enables guidance)
+    # Train on the data's labels (enables --label/--guidance). None: yes for labelled images,
+    # no for labelled toys, whose unconditional samples are what the demo and metrics look at.
+    conditional: bool | None = None
     seed: int = 0  # seeds data draws, initialisation and training: a run repeats bit for bit
     device: str = "auto"  # cpu, cuda or auto
     # model

@@ -90,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--seed", type=int, help="random seed (a run repeats bit for bit)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
-    p.add_argument("--unconditional", action="store_true", help="ignore the data's labels")
+    p.add_argument(
+        "--conditional",
+        action=argparse.BooleanOptionalAction,
+        help="train on the data's labels (default: yes for labelled images, no for toys)",
+    )
     p.add_argument(
         "--set",
         dest="model_options",
