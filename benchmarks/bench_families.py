@@ -53,7 +53,7 @@ BATCH, LR = 256, 1e-3
 # likelihood solves). ``ode_nll``: solver options of the flow / diffusion / CNF likelihoods.
 SETTINGS: dict[bool, dict[str, Any]] = {
     False: {
-        "steps": 2000,
+        "steps": 4000,
         "toys": ("moons", "8gaussians"),
         "n_train": 5000,
         "n_test": 1000,
@@ -323,7 +323,7 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR) -> dict[str, Any]:
         _scatter_figure({n: pictures[n] for n in settings["toys"]}, out_dir / "families_2d.png"),
         _digit_strip(pictures["digits"], out_dir / "families_digits.png"),
     ]
-    results["figures"] = [str(f) for f in figures]
+    results["figures"] = [f.name for f in figures]
     markdown.append("![2D samples](families_2d.png)\n\n![digits](families_digits.png)")
     results["markdown"] = "\n\n".join(markdown)
     return results

@@ -31,7 +31,6 @@ from flowdiff.families._common import check_choice, check_count
 from flowdiff.families.vae import VAE
 from flowdiff.models import FlowModel
 from flowdiff.models.base import GenerativeModel, model_class
-from flowdiff.utils import randn
 
 __all__ = ["LatentFlow"]
 
@@ -131,9 +130,7 @@ class LatentFlow(GenerativeModel):
     def encode_sample(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """A posterior draw ``z ~ q(z | x)`` (no gradient): ``(B, *event) -> (B, latent_dim)``."""
         with torch.no_grad():
-            mu, logvar = self.vae.encode(x)
-            eps = randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            return mu + eps * torch.exp(0.5 * logvar)
+            return VAE.reparameterize(*self.vae.encode(x), generator=generator)
 
     def loss(
         self,

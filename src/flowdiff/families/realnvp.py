@@ -42,8 +42,8 @@ class RealNVP(GenerativeModel):
         hidden: width of each coupling network ``(s, t)``.
         depth: hidden layers of each coupling network.
         scale_bound: log-scales are soft-clamped as ``c * tanh(s / c)`` with ``c = scale_bound``,
-            so one layer scales a coordinate by at most ``exp(c)``: unbounded ``exp(s)`` makes
-            early maximum-likelihood training blow up.
+            so one layer scales a coordinate by at most ``exp(c)``: an unbounded ``exp(s)`` can
+            blow up early maximum-likelihood training.
         activation: activation of the coupling networks.
     """
 

@@ -11,7 +11,9 @@ the sampler (``0`` for a flow, positive for a diffusion).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -145,6 +147,13 @@ class PathModel(GenerativeModel):
         }
 
     @property
+    def device(self) -> torch.device:
+        """Device of the weights (CPU for a network without any, e.g. an analytic field)."""
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
     def null_label(self) -> int:
         """The label meaning "no label" (``num_classes``) of a conditional model."""
         if self.num_classes is None:
@@ -161,7 +170,9 @@ class PathModel(GenerativeModel):
 
         if isinstance(data, Data):
             self.normalization = data.normalizer.to_dict()
-            data = (data.x, data.y) if self.num_classes is not None and data.y is not None else data.x
+            data = (
+                (data.x, data.y) if self.num_classes is not None and data.y is not None else data.x
+            )
         return super().fit(data, **options)
 
     def loss(
@@ -191,23 +202,20 @@ class PathModel(GenerativeModel):
         """Diffusion coefficient used by :meth:`sample` when ``sigma=None``."""
         return None
 
-    def field(self, y: Tensor | None = None, guidance: float | None = None) -> ModelField:
-        """The marginal vector field ``u_t(x)`` of the network (guided if ``guidance``).
-
-        Returns a :class:`ModelField`; call it as ``field(x, t, **cond)`` with ``cond`` from
-        :meth:`conditioning`.
-        """
-        net = self.net
-        if guidance is not None:
-            if self.num_classes is None:
-                raise ValueError(
-                    "guidance needs a class-conditional model (num_classes set and trained with "
-                    "label_dropout > 0), but this model is unconditional"
-                )
-            if y is None:
-                raise ValueError("guidance needs the labels y of the requested classes")
-            net = ClassifierFreeGuidance(self.net, guidance, self.null_label)
-        return ModelField(net, self.objective)
+    def field(self, guidance: float | None = None) -> ModelField:
+        """The marginal vector field ``u_t(x)`` of the network, classifier-free guided with
+        weight ``guidance`` if given: call it as ``field(x, t, **cond)`` with ``cond`` from
+        :meth:`conditioning` (guidance needs real labels there)."""
+        if guidance is None:
+            return ModelField(self.net, self.objective)
+        if self.num_classes is None:
+            raise ValueError(
+                f"guidance={guidance!r} needs a class-conditional model (num_classes set, trained "
+                "with label_dropout > 0), but this model is unconditional (num_classes=None)"
+            )
+        return ModelField(
+            ClassifierFreeGuidance(self.net, guidance, self.null_label), self.objective
+        )
 
     def conditioning(self, y: Tensor | int | None, n: int) -> dict[str, Tensor]:
         """Keyword conditioning of the network for a batch of ``n``: ``{}`` for an
@@ -253,7 +261,7 @@ class PathModel(GenerativeModel):
         use_ema: bool = True,
         denormalize: bool = True,
         grid: str = "uniform",
-        t_eps: float = 1e-3,
+        t_eps: float = 1e-2,
     ) -> Tensor | Solution:
         """Draw ``n`` samples ``(n, *event_shape)`` by simulating from ``X_0 ~ N(0, I)``.
 
@@ -286,31 +294,39 @@ class PathModel(GenerativeModel):
         coefficient = check_sigma(self.default_sigma() if sigma is None else sigma)
         stochastic = coefficient is not None
         solver = solver or (self.default_sde_solver if stochastic else self.default_ode_solver)
+        field = self.field(guidance)
+        if guidance is not None and y is None:
+            raise ValueError(f"guidance={guidance!r} needs the labels y of the requested classes")
         cond = self.conditioning(y, n)
-        field = self.field(cond.get("y") if y is not None else None, guidance)
         dynamics = model_dynamics(field, coefficient, **cond)
         t_start, t_end = self.sampling_interval(stochastic, t_eps)
         ts = time_grid(steps or self.default_steps, grid, t_start, t_end)
         x0 = self.path.p_init(self.event_shape).sample(n, generator=generator).to(self.device)
-        was_training = self.training
-        self.eval()  # dropout off while sampling
-        try:
-            with self.averaged(use_ema):
-                solution = simulate(
-                    dynamics,
-                    x0,
-                    ts.to(self.device),
-                    solver,
-                    save="all" if return_solution else "final",
-                    generator=generator,
-                )
-        finally:
-            self.train(was_training)
+        with self._inference(use_ema):
+            solution = simulate(
+                dynamics,
+                x0,
+                ts.to(self.device),
+                solver,
+                save="all" if return_solution else "final",
+                generator=generator,
+            )
         if denormalize:
             solution.x = self.denormalize(solution.x)
             if solution.xs is not None:
                 solution.xs = self.denormalize(solution.xs.flatten(0, 1)).view_as(solution.xs)
         return solution if return_solution else solution.x
+
+    @contextlib.contextmanager
+    def _inference(self, use_ema: bool) -> Iterator[None]:
+        """Evaluation mode (no dropout) with the EMA weights if ``use_ema``; restored on exit."""
+        was_training = self.training
+        self.eval()
+        try:
+            with self.averaged(use_ema):
+                yield
+        finally:
+            self.train(was_training)
 
     def denormalize(self, x: Tensor) -> Tensor:
         """Map ``x: (B, *event_shape)`` from model units back to data units (identity if the
@@ -331,7 +347,7 @@ class PathModel(GenerativeModel):
         solver: str = "dopri5",
         use_ema: bool = True,
         normalize: bool = True,
-        t_eps: float = 1e-3,
+        t_eps: float = 1e-2,
         **options: Any,
     ) -> Tensor:
         """Exact ``log p_1(x)`` ``(B,)`` in nats of the model's ODE (the flow, or a diffusion
@@ -345,14 +361,14 @@ class PathModel(GenerativeModel):
         """
         from flowdiff.models import likelihood
 
+        self.check_data(x)
         log_det = x.new_zeros(())
         if normalize and self.normalization is not None:
             x, log_det = self._normalize_with_log_det(x)
-        self.check_data(x)
         cond = self.conditioning(y, x.shape[0])
         t_start, t_end = self.sampling_interval(False, t_eps)
-        with self.averaged(use_ema):
-            field = self.field()
+        field = self.field()
+        with self._inference(use_ema):
             return log_det + likelihood.log_prob(
                 lambda z, t: field(z, t, **cond),
                 x,

@@ -2,8 +2,8 @@
 
 A network trained on a Gaussian path ``x_t = alpha_t x1 + beta_t x0`` predicts one
 parameterisation (``velocity``, ``score``, ``epsilon`` or ``x1``) of the marginal quantities at
-``(x, t)``; its objective's ``velocity`` / ``score`` (``path.convert``) turn it into the others. Two of them define the sampler
-(course notes, sections 2-4):
+``(x, t)``; its objective's ``velocity`` / ``score`` (``path.convert``) turn it into the others.
+Two of them define the sampler (course notes, sections 2-4):
 
 - the marginal vector field ``u_t(x)``, whose ODE ``dX_t = u_t(X_t) dt`` carries
   ``p_init = N(0, I)`` at t=0 to the data at t=1 (the flow model; for a diffusion model the
