@@ -15,7 +15,7 @@ import torch
 
 from flowdiff.distributions import GaussianMixture, IsotropicGaussian
 from flowdiff.models import likelihood
-from flowdiff.models.likelihood import bits_per_dim, divergence, hutchinson_probes
+from flowdiff.models.likelihood import divergence, hutchinson_probes
 from flowdiff.paths import GaussianMixtureOracle, GaussianPath
 
 D64 = torch.float64
@@ -164,19 +164,6 @@ def test_probes_have_identity_second_moment(gen):
     assert set(hutchinson_probes(x, 2, generator=gen).unique().tolist()) == {-1.0, 1.0}
 
 
-# ---------------------------------------------------------------- bits per dimension
-@pytest.mark.parametrize(("scale", "low"), [(127.5, -1.0), (256.0, 0.0), (1.0, 0.0)])
-def test_bits_per_dim_of_uniform_model_over_256_levels_is_8(scale, low):
-    # A model uniform on the dequantised box [low, low + 256/scale)^D has log p = -D log(256/scale)
-    # and must cost exactly log2(256) = 8 bits per dimension, whatever the scaling.
-    event_shape = (3, 4, 4)
-    dim = math.prod(event_shape)
-    log_p = torch.full((2,), -dim * math.log(256 / scale), dtype=D64)
-    torch.testing.assert_close(
-        bits_per_dim(log_p, event_shape, scale=scale), torch.full((2,), 8.0, dtype=D64)
-    )
-
-
 # ---------------------------------------------------------------- errors
 def test_divergence_rejects_bad_input(gen):
     field = tanh_field(gen, dim=3)
@@ -200,15 +187,6 @@ def test_divergence_rejects_bad_input(gen):
         divergence(field, torch.zeros(4), t)
     with pytest.raises(TypeError, match=r"x must be a torch\.Tensor"):
         divergence(field, [[0.0]], t)
-
-
-def test_bits_per_dim_rejects_bad_input():
-    with pytest.raises(ValueError, match="scale"):
-        bits_per_dim(torch.zeros(2), (2,), scale=0.0)
-    with pytest.raises(ValueError, match="event_shape"):
-        bits_per_dim(torch.zeros(2), (2, 0))
-    with pytest.raises(ValueError, match=r"log_prob must have shape \(B,\)"):
-        bits_per_dim(torch.zeros(2, 2), (2,))
 
 
 # ---------------------------------------------------------------- log_prob along the flow

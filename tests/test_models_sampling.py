@@ -140,10 +140,18 @@ def test_sde_and_ode_differ_path_by_path_but_not_in_law(gen):
     model = oracle_model("flow")
     ode = model.sample(500, steps=50, solver="euler", generator=torch.Generator().manual_seed(1))
     zero = model.sample(
-        500, steps=50, solver="euler_maruyama", sigma=0.0, generator=torch.Generator().manual_seed(1)
+        500,
+        steps=50,
+        solver="euler_maruyama",
+        sigma=0.0,
+        generator=torch.Generator().manual_seed(1),
     )
     sde = model.sample(
-        500, steps=50, solver="euler_maruyama", sigma=1.0, generator=torch.Generator().manual_seed(1)
+        500,
+        steps=50,
+        solver="euler_maruyama",
+        sigma=1.0,
+        generator=torch.Generator().manual_seed(1),
     )
     torch.testing.assert_close(zero, ode, rtol=0, atol=0)
     assert (sde - ode).norm(dim=1).mean() > 0.1
@@ -194,7 +202,9 @@ def test_log_prob_in_data_units_adds_the_normalisation_jacobian(gen):
     z = mixture().sample(64, generator=gen)
     x = z * std + mean
     expected = mixture().log_prob(z) - std.log().sum()
-    torch.testing.assert_close(model.log_prob(x, solver="rk4", steps=40), expected, atol=3e-3, rtol=0)
+    torch.testing.assert_close(
+        model.log_prob(x, solver="rk4", steps=40), expected, atol=3e-3, rtol=0
+    )
     torch.testing.assert_close(
         model.log_prob(z, solver="rk4", steps=40, normalize=False),
         mixture().log_prob(z),

@@ -168,18 +168,23 @@ class CNF(GenerativeModel):
         solver: str = "dopri5",
         method: str = "exact",
         use_ema: bool = True,
+        normalize: bool = True,
         **options: Any,
     ) -> Tensor:
         """Exact ``log p_1^theta(x)`` in nats, ``(B,)``, for ``x: (B, *event_shape)``.
+
+        ``normalize``: ``x`` is in data units (mapped by :attr:`normalization`, whose
+        log-determinant is added).
 
         ``options`` go to :func:`flowdiff.models.likelihood.log_prob` (``steps`` of a fixed-step
         solver, ``rtol``/``atol``, ``probes``/``noise``/``generator`` for ``"hutchinson"``,
         ``grad=True`` to differentiate w.r.t. ``x`` or the weights).
         """
+        x, log_det = self.normalize_with_log_det(x) if normalize else (x, 0.0)
         self.check_data(x)
         y = self.check_labels(y, x.shape[0])
         with self.averaged(use_ema):
-            return likelihood.log_prob(
+            return log_det + likelihood.log_prob(
                 self.field(y), x, p_init=self.p_init, solver=solver, method=method, **options
             )
 
@@ -196,6 +201,7 @@ class CNF(GenerativeModel):
         return_log_prob: bool = False,
         method: str = "exact",
         use_ema: bool = True,
+        denormalize: bool = True,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Draw ``n`` samples ``(n, *event_shape)`` by integrating the flow from ``N(0, I)``.
 
@@ -208,6 +214,8 @@ class CNF(GenerativeModel):
                 same solve (:func:`~flowdiff.models.likelihood.sample_with_log_prob`) with the
                 divergence ``method``.
             use_ema: use the EMA weights when the model has them.
+            denormalize: map the samples back to data units (:meth:`denormalize`); with
+                ``return_log_prob`` the log density is then that of data units too.
         """
         check_count(n)
         y = self.check_labels(y, n)
@@ -216,7 +224,7 @@ class CNF(GenerativeModel):
         x0 = self.p_init.sample(n, generator=generator, device=weight.device, dtype=weight.dtype)
         with self.averaged(use_ema):
             if return_log_prob:
-                return likelihood.sample_with_log_prob(
+                x, log_p = likelihood.sample_with_log_prob(
                     field,
                     x0,
                     p_init=self.p_init,
@@ -227,5 +235,12 @@ class CNF(GenerativeModel):
                     method=method,
                     generator=generator,
                 )
-            ts = time_grid(steps, dtype=x0.dtype)
-            return simulate(VectorFieldODE(field), x0, ts, solver, rtol=rtol, atol=atol).x
+            else:
+                ts = time_grid(steps, dtype=x0.dtype)
+                x = simulate(VectorFieldODE(field), x0, ts, solver, rtol=rtol, atol=atol).x
+        if not denormalize:
+            return (x, log_p) if return_log_prob else x
+        data = self.denormalize(x)
+        if return_log_prob:
+            return data, log_p + self.normalize_with_log_det(data)[1]
+        return data

@@ -272,12 +272,18 @@ class DDPM(GenerativeModel):
 
     @torch.no_grad()
     def sample(
-        self, n: int, *, generator: torch.Generator | None = None, use_ema: bool = True
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        use_ema: bool = True,
+        denormalize: bool = True,
     ) -> Tensor:
         """Ancestral sampling (Algorithm 2): ``x_K ~ N(0, I)``, then ``K`` reverse steps.
 
         Returns ``(n, *event_shape)``; uses ``K`` network evaluations. ``use_ema``: use the EMA
         weights when the model has them.
+        ``denormalize``: map the samples back to data units (:meth:`denormalize`).
         """
         check_count(n)
         with self.averaged(use_ema):
@@ -286,7 +292,7 @@ class DDPM(GenerativeModel):
             )
             for k in range(self.num_steps, 0, -1):
                 x = self.reverse_step(x, k, generator=generator)
-            return x
+        return self.denormalize(x) if denormalize else x
 
     # ------------------------------------------------------------------ training and bound
     def loss(

@@ -192,12 +192,19 @@ class GAN(GenerativeModel):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(
-        self, n: int, *, generator: torch.Generator | None = None, use_ema: bool = True
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        use_ema: bool = True,
+        denormalize: bool = True,
     ) -> Tensor:
         """Draw ``n`` samples ``G(z)``, ``z ~ N(0, I)``: ``(n, *event_shape)``, one network pass.
 
         ``use_ema``: use the EMA weights of the generator when the model has them.
+        ``denormalize``: map the samples back to data units (:meth:`denormalize`).
         """
         check_count(n)
         with self.averaged(use_ema):
-            return self._generate(n, generator)
+            x = self._generate(n, generator)
+        return self.denormalize(x) if denormalize else x

@@ -174,6 +174,7 @@ class LatentFlow(GenerativeModel):
         generator: torch.Generator | None = None,
         mean: bool = False,
         use_ema: bool = True,
+        denormalize: bool = True,
         **flow_options: Any,
     ) -> Tensor:
         """Draw ``n`` samples ``(n, *event_shape)``: ``z`` from the flow, then ``x ~ p(x | z)``.
@@ -183,12 +184,14 @@ class LatentFlow(GenerativeModel):
             generator: random source of the flow's noise and of the decoder's.
             mean: decode to ``E[x | z]`` instead of drawing from ``p(x | z)``.
             use_ema: use the flow's EMA weights when the model has them.
+            denormalize: map the samples back to data units (:meth:`denormalize`).
             flow_options: passed to the latent model's ``sample`` (``steps``, ``solver``...).
         """
         check_count(n)
         with self.averaged(use_ema):
             z = self.flow.sample(n, generator=generator, **flow_options)
-            return self.vae.draw(z, mean=mean, generator=generator)
+            x = self.vae.draw(z, mean=mean, generator=generator)
+        return self.denormalize(x) if denormalize else x
 
     def log_prob(
         self,
@@ -197,16 +200,19 @@ class LatentFlow(GenerativeModel):
         n_samples: int = 16,
         generator: torch.Generator | None = None,
         use_ema: bool = True,
+        normalize: bool = True,
         **flow_options: Any,
     ) -> Tensor:
-        """Importance-weighted lower bound on ``log p(x)``, ``(B,)`` nats.
+        """Importance-weighted lower bound on ``log p(x)``, ``(B,)`` nats (``x`` in data units
+        with ``normalize``: mapped by :attr:`normalization`, its log-determinant added).
 
         ``L_K = log (1/K) sum_k p(x | z_k) p_theta(z_k) / q(z_k | x)`` with the flow's exact
         ``log p_theta`` (``flow_options`` go to its ``log_prob``): one likelihood solve over
         ``K * B`` latents. ``E[L_K] <= log p(x)``, tightening as ``K`` grows.
         """
+        x, log_det = self.normalize_with_log_det(x) if normalize else (x, 0.0)
         with torch.no_grad(), self.averaged(use_ema):
-            return self.vae.importance_weighted_bound(
+            return log_det + self.vae.importance_weighted_bound(
                 x,
                 n_samples=n_samples,
                 log_prior=lambda z: self.flow.log_prob(z, **flow_options),

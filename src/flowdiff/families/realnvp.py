@@ -154,13 +154,15 @@ class RealNVP(GenerativeModel):
         z, log_det = self(x)
         return self.base.log_prob(z) + log_det
 
-    def log_prob(self, x: Tensor, *, use_ema: bool = True) -> Tensor:
+    def log_prob(self, x: Tensor, *, use_ema: bool = True, normalize: bool = True) -> Tensor:
         """Exact ``log p(x)`` in nats by the change of variables (Dinh et al., eq. 3): ``(B,)``.
 
-        ``use_ema``: use the EMA weights when the model has them.
+        ``use_ema``: use the EMA weights when the model has them. ``normalize``: ``x`` is in
+        data units (mapped by :attr:`normalization`, whose log-determinant is added).
         """
+        x, log_det = self.normalize_with_log_det(x) if normalize else (x, 0.0)
         with self.averaged(use_ema):
-            return self._log_prob(x)
+            return self._log_prob(x) + log_det
 
     def loss(
         self,
@@ -177,15 +179,22 @@ class RealNVP(GenerativeModel):
 
     @torch.no_grad()
     def sample(
-        self, n: int, *, generator: torch.Generator | None = None, use_ema: bool = True
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        use_ema: bool = True,
+        denormalize: bool = True,
     ) -> Tensor:
         """Draw ``n`` samples ``x = f^{-1}(z)``, ``z ~ N(0, I)``: shape ``(n, *event_shape)``.
 
         ``use_ema``: use the EMA weights when the model has them.
+        ``denormalize``: map the samples back to data units (:meth:`denormalize`).
         """
         check_count(n)
         with self.averaged(use_ema):
             z = self.base.sample(
                 n, generator=generator, device=self.masks.device, dtype=self.masks.dtype
             )
-            return self.inverse(z)[0]
+            x = self.inverse(z)[0]
+        return self.denormalize(x) if denormalize else x

@@ -238,14 +238,19 @@ class VAE(GenerativeModel):
         n_samples: int = 64,
         generator: torch.Generator | None = None,
         use_ema: bool = True,
+        normalize: bool = True,
     ) -> Tensor:
         """Importance-weighted *lower bound* ``L_K`` on ``log p(x)`` in nats, ``(B,)``.
 
         See :meth:`importance_weighted_bound`; a bound that tightens with ``n_samples``, not
         the exact likelihood (which a VAE does not have). ``use_ema``: use the EMA weights.
+        ``normalize``: ``x`` is in data units (mapped by :attr:`normalization`, whose
+        log-determinant is added).
         """
+        x, log_det = self.normalize_with_log_det(x) if normalize else (x, 0.0)
         with self.averaged(use_ema):
-            return self.importance_weighted_bound(x, n_samples=n_samples, generator=generator)
+            bound = self.importance_weighted_bound(x, n_samples=n_samples, generator=generator)
+        return bound + log_det
 
     def loss(
         self,
@@ -281,6 +286,7 @@ class VAE(GenerativeModel):
         generator: torch.Generator | None = None,
         mean: bool = False,
         use_ema: bool = True,
+        denormalize: bool = True,
     ) -> Tensor:
         """Draw ``n`` samples ``(n, *event_shape)``: ``z ~ N(0, I)``, then ``x ~ p(x | z)``.
 
@@ -290,9 +296,11 @@ class VAE(GenerativeModel):
             mean: return the decoder mean ``E[x | z]`` instead of a draw from ``p(x | z)``
                 (smooth pictures; not a sample from the model's ``p(x)``).
             use_ema: use the EMA weights when the model has them.
+            denormalize: map the samples back to data units (:meth:`denormalize`).
         """
         check_count(n)
         with self.averaged(use_ema):
             weight = next(self.decoder.parameters())
             z = self.prior.sample(n, generator=generator, device=weight.device, dtype=weight.dtype)
-            return self.draw(z, mean=mean, generator=generator)
+            x = self.draw(z, mean=mean, generator=generator)
+        return self.denormalize(x) if denormalize else x

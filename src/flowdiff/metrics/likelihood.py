@@ -47,7 +47,9 @@ def bits_per_dim(
     Theis et al., 2016), and ``u`` is in units of one quantisation level, so the model density
     gives a lower bound on the discrete log-likelihood. A model trained on ``x = u / 256`` in
     ``[0, 1)`` takes ``data_scale = 1/256``; on ``x = 2 u / 256 - 1`` in ``[-1, 1)``,
-    ``data_scale = 2/256``. A uniform density on ``[0, 1)^D`` then scores exactly 8 bits per dim.
+    ``data_scale = 2/256``; on ``flowdiff.data``'s ``"images"`` normalisation of 8-bit files
+    (``x = 2 k / 255 - 1``), ``data_scale = 2/255``. A uniform density on ``[0, 1)^D`` scores
+    exactly 8 bits per dim.
     For continuous data keep ``data_scale = 1``: the figure is a differential entropy and may be
     negative.
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from flowdiff.io import atomic_write
+from flowdiff.utils import check_name
 
 __all__ = ["GenerativeModel", "load_model", "model_class", "registered_models"]
 
@@ -36,21 +37,17 @@ _REGISTRY: dict[str, type[GenerativeModel]] = {}
 
 
 def registered_models() -> list[str]:
-    """Names of every registered model family (the CLI's ``--model`` choices)."""
+    """Names of every model family (the CLI's ``--model`` choices)."""
+    import flowdiff.families  # noqa: F401  (the other families register on import)
+
     return sorted(_REGISTRY)
 
 
 def model_class(kind: str) -> type[GenerativeModel]:
     """The class registered under ``kind``; a ``ValueError`` suggesting the closest name if none."""
     if kind not in _REGISTRY:
-        import difflib
-
-        close = difflib.get_close_matches(kind, _REGISTRY, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"unknown model {kind!r}{hint} (choose from {', '.join(sorted(_REGISTRY))})"
-        )
-    return _REGISTRY[kind]
+        import flowdiff.families  # noqa: F401  (the other families register on import)
+    return _REGISTRY[check_name(kind, _REGISTRY, "model")]
 
 
 class GenerativeModel(nn.Module):
@@ -116,14 +113,46 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     def fit(self, data: Any, **options: Any) -> Any:
-        """Train on ``data`` (tensor, ``(x, y)``, ``Dataset`` or ``DataLoader``).
+        """Train on ``data``: a tensor, ``(x, y)``, a ``Dataset``, a ``DataLoader`` or a
+        ``flowdiff.data.Data`` (its normaliser is recorded in :attr:`normalization` and inverted
+        by :meth:`denormalize`; its labels are used when the model is conditional).
 
         ``options`` are the fields of :class:`flowdiff.train.TrainConfig`. Returns the loop's
         result (loss history and where checkpoints went).
         """
+        from flowdiff.data import Data
         from flowdiff.train import TrainConfig, fit
 
+        if isinstance(data, Data):
+            # Already normalised: record the map so that sampling can invert it.
+            self.normalization = data.normalizer.to_dict()
+            labelled = self.num_classes is not None and data.y is not None
+            data = (data.x, data.y) if labelled else data.x
         return fit(self, data, TrainConfig(**options))
+
+    # ------------------------------------------------------------------ data units
+    def denormalize(self, x: Tensor) -> Tensor:
+        """Map ``x: (B, *event_shape)`` from model units back to data units (identity if the
+        model was not fitted on normalised ``flowdiff.data``)."""
+        if self.normalization is None:
+            return x
+        from flowdiff.data import Normalizer
+
+        return Normalizer.from_dict(self.normalization).inverse(x)
+
+    def normalize_with_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, log |det dz/dx|)`` of the recorded affine normalisation ``z = (x - m) / s``:
+        ``log p_data(x) = log p_model(z) + log_det`` (change of variables)."""
+        if self.normalization is None:
+            return x, x.new_zeros(())
+        from flowdiff.data import Normalizer
+
+        normalizer = Normalizer.from_dict(self.normalization)
+        z = normalizer.forward(x)
+        # The map is affine and diagonal: the log-determinant is the same for every x.
+        unit = torch.ones((1, *self.event_shape), dtype=x.dtype, device=x.device)
+        scale = normalizer.forward(unit) - normalizer.forward(torch.zeros_like(unit))
+        return z, scale.abs().log().sum()
 
     # ------------------------------------------------------------------ generation
     def sample(self, n: int, **kwargs: Any) -> Any:

@@ -27,12 +27,11 @@ from torch import Tensor
 
 from flowdiff.dynamics import ODE
 from flowdiff.solvers import simulate, time_grid
-from flowdiff.utils import check_finite, check_tensor, positive_int, shape_tuple
+from flowdiff.utils import check_finite, check_tensor, positive_int
 
 __all__ = [
     "DIVERGENCE_METHODS",
     "PROBE_NOISES",
-    "bits_per_dim",
     "divergence",
     "hutchinson_probes",
     "log_prob",
@@ -392,33 +391,3 @@ def sample_with_log_prob(
     )
     # change = log p_{t1}(X_{t1}) - log p_{t0}(x0)
     return x1, p_init.log_prob(x0) + change
-
-
-def bits_per_dim(
-    log_prob: Tensor, event_shape: int | Sequence[int], *, scale: float = 127.5
-) -> Tensor:
-    """Bits per dimension of discrete data from a continuous log density, ``(B,)``.
-
-    Convention (uniform dequantisation, Theis et al. 2016): integer data ``k in {0..255}^D`` is
-    mapped to model space as ``x = (k + u) / scale + c`` with ``u ~ U[0, 1)^D``, so a
-    quantisation bin has width ``1/scale`` in model space and the density of ``k + u`` is
-    ``p(x) scale^-D``. Then::
-
-        bpd = (-log p(x) + D log(scale)) / (D log 2)
-
-    upper-bounds the discrete NLL in bits. ``scale=127.5`` is images in ``[-1, 1]`` from 256
-    levels (``x = k / 127.5 - 1`` plus dequantisation noise of one level); ``scale=256`` is
-    ``x = (k + u) / 256`` in ``[0, 1)``; ``scale=1`` is raw levels.
-
-    Args:
-        log_prob: ``(B,)`` log densities in nats of the dequantised data in model space.
-        event_shape: shape of one sample (``D`` is its number of entries).
-        scale: quantisation levels per model-space unit (positive).
-    """
-    check_tensor(log_prob, "log_prob")
-    if log_prob.dim() != 1:
-        raise ValueError(f"log_prob must have shape (B,), got {tuple(log_prob.shape)}")
-    dim = math.prod(shape_tuple(event_shape, "event_shape"))
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    return (-log_prob + dim * math.log(scale)) / (dim * math.log(2))

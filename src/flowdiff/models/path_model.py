@@ -300,7 +300,7 @@ class PathModel(GenerativeModel):
         cond = self.conditioning(y, n)
         dynamics = model_dynamics(field, coefficient, **cond)
         t_start, t_end = self.sampling_interval(stochastic, t_eps)
-        ts = time_grid(steps or self.default_steps, grid, t_start, t_end)
+        ts = time_grid(self.default_steps if steps is None else steps, grid, t_start, t_end)
         x0 = self.path.p_init(self.event_shape).sample(n, generator=generator).to(self.device)
         with self._inference(use_ema):
             solution = simulate(
@@ -373,7 +373,7 @@ class PathModel(GenerativeModel):
                 lambda z, t: field(z, t, **cond),
                 x,
                 p_init=self.path.p_init(self.event_shape),
-                steps=steps or self.default_steps,
+                steps=self.default_steps if steps is None else steps,
                 solver=solver,
                 t0=t_start,
                 t1=t_end,
