@@ -89,7 +89,7 @@ def test_model_with_a_foreign_network_cannot_be_described(tmp_path):
 
     model = FlowModel(2, net=Field())
     assert model.sample(4, steps=2).shape == (4, 2)  # works in memory
-    with pytest.raises(TypeError, match="no flowdiff.nets config"):
+    with pytest.raises(TypeError, match=r"no flowdiff\.nets config"):
         model.save(tmp_path / "m.safetensors")
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from flowdiff.data import Normalizer
 from flowdiff.distributions import GaussianMixture
 from flowdiff.dynamics import FunctionSDE
-from flowdiff.models import DiffusionModel, FlowModel
+from flowdiff.models import ClassifierFreeGuidance, DiffusionModel, FlowModel
 from flowdiff.paths import GaussianMixtureOracle
 from flowdiff.solvers import simulate, time_grid
 
@@ -269,3 +269,19 @@ def test_guided_evaluation_is_one_network_call_per_step(gen):
     model = conditional_oracle_model()
     sol = model.sample(8, steps=5, solver="rk4", y=0, guidance=2.0, return_solution=True)
     assert sol.nfe == 20 and model.net.calls == 20
+
+
+def test_guidance_wrapper_is_the_affine_combination():
+    """(1 - w) net(x, t, null) + w net(x, t, y), exactly, for a net whose output encodes the
+    label it was given and the time; a batch of mismatched labels is refused."""
+
+    def net(x, t, y):
+        return x + t[:, None] + 10.0 * y[:, None].to(x.dtype)
+
+    x, t, y = torch.randn(5, 2), torch.rand(5), torch.tensor([0, 1, 2, 1, 0])
+    for w in (0.0, 1.0, 3.5, -0.5):
+        guided = ClassifierFreeGuidance(net, w, null_label=3)(x, t, y=y)
+        expected = (1 - w) * net(x, t, torch.full_like(y, 3)) + w * net(x, t, y)
+        torch.testing.assert_close(guided, expected, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"y must have shape \(5,\)"):
+        ClassifierFreeGuidance(net, 2.0, null_label=3)(x, t, y=y[:3])

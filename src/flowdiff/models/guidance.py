@@ -20,6 +20,7 @@ guiding any of them gives the same guided velocity.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +41,9 @@ class ClassifierFreeGuidance(nn.Module):
         null_label: the integer the network reads as ``∅`` (``num_classes`` in ``flowdiff.nets``).
     """
 
-    def __init__(self, net: nn.Module, guidance: float, null_label: int) -> None:
+    def __init__(
+        self, net: nn.Module | Callable[..., Tensor], guidance: float, null_label: int
+    ) -> None:
         super().__init__()
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)):
             raise TypeError(f"guidance must be a float, got {type(guidance).__name__}")
