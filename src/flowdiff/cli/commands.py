@@ -4,8 +4,8 @@ A run folder written by ``flowdiff train --out DIR`` holds:
 
 - ``config.yaml``: the settings (``flowdiff train --config DIR/config.yaml`` repeats the run);
 - ``model.safetensors``: the trained model (EMA weights, JSON description in its header);
-- ``checkpoints/``, ``metrics.csv``: the training loop's checkpoints and log (a killed run
-  restarted with the same command resumes from its last checkpoint);
+- ``checkpoint-*.safetensors``, ``metrics.csv``: the training loop's checkpoints and log (a
+  killed run restarted with the same command resumes from its last checkpoint);
 - ``samples.png``, ``loss.png``: a first look at the result.
 """
 
@@ -24,11 +24,11 @@ import torch
 
 from flowdiff.cli.config import RunConfig, read_config_file
 from flowdiff.io import atomic_write, write_json
+from flowdiff.train.loop import MODEL_FILE  # where the training loop writes the final model
 
-MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, "metrics.csv", "samples.png", "loss.png", "metrics.json")
-RUN_DIRS = ("checkpoints", "snapshots", "tensorboard")
+RUN_DIRS = ("samples", "tensorboard")  # the loop's sample snapshots and TensorBoard log
 
 
 class CLIError(ValueError):
@@ -107,6 +107,8 @@ def _prepare_run_folder(out: Path, config: RunConfig, force: bool) -> None:
             (out / name).unlink(missing_ok=True)
         for name in RUN_DIRS:
             shutil.rmtree(out / name, ignore_errors=True)
+        for checkpoint in out.glob("checkpoint-*.safetensors"):
+            checkpoint.unlink()
         return
     if existing.is_file():
         previous = RunConfig.from_dict(read_config_file(existing), str(existing))
@@ -202,8 +204,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     }
     if args.quiet:
         options["progress"] = False
-    result = model.fit(data, **options)
-    model.save(out / MODEL_FILE)
+    result = model.fit(data, **options)  # writes out/model.safetensors at the end
     _first_look(model.cpu(), out, out / "metrics.csv", config.seed)
     loss = result.history[-1]["loss"] if result.history else float("nan")
     print(

@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="demo_out", help="folder for the demo's files")
     p.add_argument("--data", default="moons", help="built-in 2D data set")
-    p.add_argument("--steps", type=_positive_int, default=None, help="training steps")
+    p.add_argument("--steps", type=_positive_int, default=2000, help="training steps")
     p.add_argument("--force", action="store_true", help="overwrite an existing demo run")
 
     p = sub.add_parser(
