@@ -6,14 +6,19 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
+# The reference libraries the benchmarks (and their quick-mode tests) compare against. --no-deps:
+# what they import (torch, numpy, torchdiffeq, POT) is already ours, while torchcfm's declared
+# torchdyn -> torchvision chain would replace torch with a multi-GB CUDA 2.14 build.
+REFERENCES := flow-matching==1.0.10 torchcfm==1.0.7
 
 .PHONY: demo test lint format bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps $(REFERENCES)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -33,7 +38,6 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python -m benchmarks.run
 
 clean:
