@@ -172,6 +172,10 @@ def test_labels_must_be_in_range():
         model.sample(2, y=torch.tensor([0, -1]), guidance=2.0)
     with pytest.raises(ValueError, match=r"shape \(4,\)"):
         model.sample(4, y=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"integer class labels, got dtype torch\.bool"):
+        model.sample(2, y=torch.tensor([True, False]))
+    with pytest.raises(ValueError, match=r"integer class labels, got dtype torch\.float32"):
+        model.sample(4, y=1.0)
     x, y = two_blobs()
     with pytest.raises(ValueError, match=r"must lie in \[0, 2\)"):
         model.fit((x, y + 1), steps=1, **QUICK)
@@ -189,6 +193,9 @@ def test_guidance_needs_a_conditional_model_and_labels():
         conditional.sample(4, y=0, guidance=float("inf"))
     with pytest.raises(TypeError, match="guidance must be a float"):
         conditional.sample(4, y=0, guidance="strong")
+    untrained_null = tiny(num_classes=2, label_dropout=0.0)
+    with pytest.warns(UserWarning, match="label_dropout=0"):
+        untrained_null.sample(4, y=0, guidance=3.0)
 
 
 def test_sampler_arguments_are_checked():
@@ -203,7 +210,11 @@ def test_sampler_arguments_are_checked():
         model.sample(4, sigma="high")
     with pytest.raises(ValueError, match=r"sigma\(t\) must return .* shape \(4,\)"):
         model.sample(4, sigma=lambda t: torch.ones(3))
-    with pytest.raises(ValueError, match="n must be a positive int"):
+    with pytest.raises(ValueError, match=r"sigma\(t\) must be finite and >= 0, got values in \[-1"):
+        model.sample(4, sigma=lambda t: -t - 1)
+    with pytest.raises(ValueError, match=r"sigma\(t\) must be finite and >= 0, got nan"):
+        model.sample(4, sigma=lambda t: float("nan"))
+    with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
         model.sample(0)
     with pytest.raises(ValueError, match="steps must be a positive int"):
         model.sample(4, steps=0)

@@ -185,10 +185,11 @@ class GenerativeModel(nn.Module):
         y = torch.as_tensor(y)
         if y.dim() == 0:
             y = y.expand(batch_size)
-        if y.shape != (batch_size,) or y.is_floating_point():
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+        if y.shape != (batch_size,):
             raise ValueError(
-                f"{name} must be integer labels of shape ({batch_size},), got "
-                f"{tuple(y.shape)} {y.dtype}"
+                f"{name} must be integer labels of shape ({batch_size},), got {tuple(y.shape)}"
             )
         if bool(((y < 0) | (y >= self.num_classes)).any()):
             raise ValueError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -26,6 +27,7 @@ from flowdiff.models.sampling import DiffusionCoefficient, ModelField, check_sig
 from flowdiff.objectives import drop_labels, get_objective
 from flowdiff.paths import GaussianPath, Schedule
 from flowdiff.solvers import Solution, simulate, time_grid
+from flowdiff.utils import positive_int
 
 __all__ = ["PathModel", "default_net_config"]
 
@@ -161,20 +163,6 @@ class PathModel(GenerativeModel):
         return self.num_classes
 
     # ------------------------------------------------------------------ training
-    def fit(self, data: Any, **options: Any) -> Any:
-        """Train on ``data``: a tensor, ``(x, y)``, a ``Dataset``, a ``DataLoader`` or a
-        ``flowdiff.data.Data``. A ``Data`` is already normalised: its normaliser is recorded in
-        :attr:`normalization` (inverted by :meth:`sample`), and its labels are used when the
-        model is conditional. ``options`` are the fields of ``flowdiff.train.TrainConfig``."""
-        from flowdiff.data import Data
-
-        if isinstance(data, Data):
-            self.normalization = data.normalizer.to_dict()
-            data = (
-                (data.x, data.y) if self.num_classes is not None and data.y is not None else data.x
-            )
-        return super().fit(data, **options)
-
     def loss(
         self,
         x: Tensor,
@@ -212,6 +200,12 @@ class PathModel(GenerativeModel):
             raise ValueError(
                 f"guidance={guidance!r} needs a class-conditional model (num_classes set, trained "
                 "with label_dropout > 0), but this model is unconditional (num_classes=None)"
+            )
+        if self.label_dropout == 0:
+            warnings.warn(
+                "guidance on a model trained with label_dropout=0: its null label (the "
+                "unconditional field) was trained only on unlabelled batches, if any",
+                stacklevel=3,
             )
         return ModelField(
             ClassifierFreeGuidance(self.net, guidance, self.null_label), self.objective
@@ -289,8 +283,7 @@ class PathModel(GenerativeModel):
             grid: ``"uniform"`` or ``"karras"`` (``flowdiff.solvers.time_grid``).
             t_eps: distance kept from a singular endpoint (:meth:`sampling_interval`).
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        positive_int(n, "n")
         coefficient = check_sigma(self.default_sigma() if sigma is None else sigma)
         stochastic = coefficient is not None
         solver = solver or (self.default_sde_solver if stochastic else self.default_ode_solver)
@@ -328,15 +321,6 @@ class PathModel(GenerativeModel):
         finally:
             self.train(was_training)
 
-    def denormalize(self, x: Tensor) -> Tensor:
-        """Map ``x: (B, *event_shape)`` from model units back to data units (identity if the
-        model was not fitted on normalised ``flowdiff.data``)."""
-        if self.normalization is None:
-            return x
-        from flowdiff.data import Normalizer
-
-        return Normalizer.from_dict(self.normalization).inverse(x)
-
     # ------------------------------------------------------------------ likelihood
     def log_prob(
         self,
@@ -363,8 +347,8 @@ class PathModel(GenerativeModel):
 
         self.check_data(x)
         log_det = x.new_zeros(())
-        if normalize and self.normalization is not None:
-            x, log_det = self._normalize_with_log_det(x)
+        if normalize:
+            x, log_det = self.normalize_with_log_det(x)
         cond = self.conditioning(y, x.shape[0])
         t_start, t_end = self.sampling_interval(False, t_eps)
         field = self.field()
@@ -379,14 +363,3 @@ class PathModel(GenerativeModel):
                 t1=t_end,
                 **options,
             )
-
-    def _normalize_with_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(z, log |det dz/dx|)`` of the recorded affine normalisation ``z = (x - m) / s``."""
-        from flowdiff.data import Normalizer
-
-        normalizer = Normalizer.from_dict(self.normalization)
-        z = normalizer.forward(x)
-        # The map is affine and diagonal: the log-determinant is the same for every x.
-        unit = torch.ones((1, *self.event_shape), dtype=x.dtype, device=x.device)
-        scale = normalizer.forward(unit) - normalizer.forward(torch.zeros_like(unit))
-        return z, scale.abs().log().sum()

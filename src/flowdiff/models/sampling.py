@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from flowdiff.dynamics import ODE, FunctionSDE, VectorFieldODE
@@ -78,7 +79,8 @@ def check_sigma(sigma: object) -> DiffusionCoefficient | None:
 
 
 def _sigma_at(sigma: DiffusionCoefficient, x: Tensor, t: Tensor) -> float | Tensor:
-    """``sigma_t`` broadcastable against ``x (B, *shape)``."""
+    """``sigma_t`` broadcastable against ``x (B, *shape)``; a callable's values must be finite
+    and ``>= 0`` (a negative ``sigma_t`` would flip the sign of the score correction)."""
     if not callable(sigma):
         return sigma
     value = sigma(t)
@@ -88,7 +90,17 @@ def _sigma_at(sigma: DiffusionCoefficient, x: Tensor, t: Tensor) -> float | Tens
                 f"sigma(t) must return a number or a tensor of shape {tuple(t.shape)}, got "
                 f"{tuple(value.shape)}"
             )
+        if not bool((torch.isfinite(value) & (value >= 0)).all()):
+            raise ValueError(
+                f"sigma(t) must be finite and >= 0, got values in "
+                f"[{float(value.min())}, {float(value.max())}] at t in "
+                f"[{float(t.min())}, {float(t.max())}]"
+            )
         return expand_like(value.to(x), x)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"sigma(t) must return a number or a tensor, got {type(value).__name__}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"sigma(t) must be finite and >= 0, got {value!r} at t={float(t[0])}")
     return value
 
 
