@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -172,6 +174,30 @@ def test_keep_last_prunes_and_stale_temp_files_are_removed(tmp_path):
     ]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="folders are flushed on POSIX only")
+def test_atomic_write_flushes_the_file_then_the_folder_after_the_rename(tmp_path, monkeypatch):
+    """The rename is an entry of the folder: without flushing the folder after it, a power loss
+    can bring back the old file (or none) after the write was reported done."""
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        fsync(fd)
+
+    def recording_replace(source, target):
+        events.append(("replace", Path(target).name))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    write_json(tmp_path / "sub" / "a.json", {"x": 1})
+    file_inode, folder_inode = (
+        p.stat().st_ino for p in (tmp_path / "sub" / "a.json", tmp_path / "sub")
+    )
+    assert events == [("fsync", file_inode), ("replace", "a.json"), ("fsync", folder_inode)]
+
+
 # ---------------------------------------------------------------------------------- resume
 def _source(kind: str, x: torch.Tensor):
     if kind == "tensor":
@@ -208,58 +234,126 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, kind):
     assert [r["loss"] for r in result.history] == [r["loss"] for r in expected.history]
 
 
-# Checkpoints every 7 steps: the kill lands at an arbitrary point between or inside writes.
+# Checkpoints every 7 steps; the run takes ~1 s (4 ms per step), so kills land mid-run.
 KILL_RUN = dict(
     steps=200, batch_size=32, lr=0.05, lr_schedule="cosine", warmup_steps=20, ema_decay=0.95,
     checkpoint_every=7, keep_last=2, log_every=10, progress=False,
 )  # fmt: skip
 
-KILL_SCRIPT = """
-import json, sys, time
+# A fork server: it imports torch and flowdiff once, then runs each training run in a fresh
+# fork (which the test SIGKILLs), so a restart costs no import. It reports "started <pid>" and
+# "exit <code>" for each run; a run's own lines ("torn", its JSON result) come in between.
+KILL_SERVER = """
+import json, os, sys, time
 sys.path.insert(0, {tests!r})
 import torch
 torch.set_num_threads(1)
+import safetensors.torch
 from test_train import GaussianFit, gaussian_data
 from flowdiff.train import TrainConfig, fit
 
-fast_loss = GaussianFit.loss
-def slow_loss(self, *args, **kwargs):
-    time.sleep(0.004)  # slow enough to be killed mid-run; changes no number
-    return fast_loss(self, *args, **kwargs)
-GaussianFit.loss = slow_loss
+def train(out, tear_at, tear_fraction):
+    fast_loss, save_file, writes = GaussianFit.loss, safetensors.torch.save_file, [0]
+    def slow_loss(self, *args, **kwargs):
+        time.sleep(0.004)  # slow enough to be killed mid-run; changes no number
+        return fast_loss(self, *args, **kwargs)
+    def tearing_save(tensors, filename, metadata=None):
+        writes[0] += 1
+        if writes[0] == tear_at:  # write the start of the file, then wait to be killed
+            data = safetensors.torch.save(tensors, metadata=metadata)
+            with open(filename, "wb") as fh:
+                fh.write(data[: int(tear_fraction * len(data))])
+            print("torn", flush=True)
+            time.sleep(60)
+        return save_file(tensors, filename, metadata=metadata)
+    GaussianFit.loss, safetensors.torch.save_file = slow_loss, tearing_save
+    config = TrainConfig(**{options!r}, out_dir=out)
+    result = fit(GaussianFit(noise_std=0.3), gaussian_data(1000), config)
+    print(json.dumps({{"step": result.step, "resumed_from": result.resumed_from}}), flush=True)
 
-config = TrainConfig(**{options!r}, out_dir=sys.argv[1])
-result = fit(GaussianFit(noise_std=0.3), gaussian_data(1000), config)
-print(json.dumps({{"step": result.step, "resumed_from": result.resumed_from}}))
+for line in sys.stdin:  # "<out_dir> <tear_at> <tear_fraction>", tear_at 0: no torn write
+    out, tear_at, fraction = line.split()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            train(out, int(tear_at), float(fraction))
+            code = 0
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    print("started", pid, flush=True)
+    print("exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 """
 
 
-@pytest.mark.slow  # ~20 s: two fresh Python processes importing torch
-def test_sigkilled_run_restarted_with_the_same_command_is_bit_identical(tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(KILL_SCRIPT.format(tests=str(TESTS_DIR), options=KILL_RUN))
-    command = [sys.executable, str(script), str(tmp_path / "run")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def test_sigkilled_run_restarted_at_random_moments_is_bit_identical(tmp_path):
+    """SIGKILL a run three times, at moments drawn with a fixed seed: once in the middle of a
+    checkpoint write (a random fraction of the file on disk), twice at a random delay after the
+    restarted run wrote a new checkpoint; the last restart ends bit-identical to a run never
+    killed, with no torn or duplicated file."""
+    rng = random.Random(5)
+    out = tmp_path / "run"
+    script = tmp_path / "server.py"
+    script.write_text(KILL_SERVER.format(tests=str(TESTS_DIR), options=KILL_RUN))
+    errors = tmp_path / "server.err"
     # The uninterrupted reference runs in this process: same code, same single thread.
     reference = GaussianFit(noise_std=0.3)
-    config = TrainConfig(**KILL_RUN, out_dir=tmp_path / "reference")
-    fit(reference, gaussian_data(1000), config)
+    fit(reference, gaussian_data(1000), TrainConfig(**KILL_RUN, out_dir=tmp_path / "reference"))
 
-    out = tmp_path / "run"
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while len(list_checkpoints(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    killed_at = list_checkpoints(out)[-1][0]
-    assert 14 <= killed_at < 200
+    with open(errors, "w") as err:
+        server = subprocess.Popen(
+            [sys.executable, str(script)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+        )  # fmt: skip
+    watchdog = threading.Timer(120, server.kill)  # a hang fails the test instead of the CI job
+    watchdog.start()
 
-    restart = subprocess.run(command, env=env, capture_output=True, text=True)
-    assert restart.returncode == 0, restart.stderr
-    report = json.loads(restart.stdout.strip().splitlines()[-1])
-    assert report["step"] == 200 and report["resumed_from"] >= killed_at
+    def read(prefix: str) -> str:
+        line = server.stdout.readline()
+        assert line.startswith(prefix), (line, errors.read_text()[-3000:])
+        return line.strip()
+
+    def start(tear_at: int = 0, fraction: float = 0.0) -> int:
+        server.stdin.write(f"{out} {tear_at} {fraction}\n")
+        server.stdin.flush()
+        return int(read("started").split()[1])
+
+    def kill(pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+        assert read("exit") == f"exit {-signal.SIGKILL}"
+        for _, path in list_checkpoints(out):  # every checkpoint left is complete
+            load_checkpoint(path, GaussianFit(noise_std=0.3))
+
+    def latest_step() -> int:
+        found = list_checkpoints(out)
+        return found[-1][0] if found else 0
+
+    try:
+        pid = start(tear_at=rng.randint(2, 5), fraction=rng.uniform(0.05, 0.95))
+        read("torn")
+        kill(pid)
+        torn = [p for p in out.iterdir() if p.name.endswith(".tmp")]
+        assert len(torn) == 1 and torn[0].stat().st_size > 0  # killed mid-write
+        for _ in range(2):
+            before = latest_step()
+            pid = start()
+            deadline = time.monotonic() + 60
+            while latest_step() <= before and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.15))
+            kill(pid)
+        killed_at = latest_step()
+        assert 14 <= killed_at < 200
+        start()
+        report = json.loads(read("{"))
+        assert read("exit") == "exit 0"
+    finally:
+        watchdog.cancel()
+        server.kill()
+        server.wait()
+    assert report["step"] == 200 and report["resumed_from"] == killed_at
 
     final = load_file(str(out / "model.safetensors"))
     expected = load_file(str(tmp_path / "reference" / "model.safetensors"))

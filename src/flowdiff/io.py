@@ -2,7 +2,9 @@
 
 Every file the library writes goes through :func:`atomic_write`: the content goes to a temporary
 file in the same folder, is flushed to disk, and only then renamed over the target, so a crash
-or ``SIGKILL`` leaves either the old file or the new one, never a torn one.
+or ``SIGKILL`` leaves either the old file or the new one, never a torn one. On POSIX the folder
+is flushed after the rename too: the rename is a change of the folder, which a power loss could
+otherwise undo after the caller was told the file was saved.
 """
 
 from __future__ import annotations
@@ -39,9 +41,22 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+        _fsync_directory(target.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Flush ``folder``'s entries (a rename into it) to disk; a no-op off POSIX, where a folder
+    cannot be opened to be flushed."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -1,47 +1,54 @@
 """Batches for the training loop: tensors, ``(x, y)`` pairs, Datasets and DataLoaders.
 
-Tensors and Datasets are read through one :class:`IndexStream`: the concatenation of random
-permutations of ``0..N-1``, permutation ``e`` drawn by a generator seeded from ``(seed, e)``,
-cut into consecutive global batches. Each global batch is split into ``world_size`` equal
-contiguous slices, one per rank, so ``W`` ranks see together exactly the batch a single process
-sees (the DDP "global batch" semantics), and the stream's whole state is the number of batches
-drawn: a resumed run re-derives the current permutation instead of storing a generator state.
-Every sample is seen once per epoch; a batch may straddle two epochs, so any ``N`` works with any
-batch size.
+Tensors and Datasets are read through one :class:`StreamSampler`, a
+:class:`~torch.utils.data.distributed.DistributedSampler` run epoch after epoch without end:
+epoch ``e`` is DistributedSampler's shuffle (a permutation of ``0..N-1`` seeded by
+``seed + e``) of which rank ``r`` of ``W`` takes positions ``r, r + W, r + 2W, ...``. This rank's
+epochs are concatenated and cut into consecutive local batches of ``batch_size / W`` indices. The
+``k``-th local batches of the ``W`` ranks together hold positions ``[k B, (k + 1) B)`` of the
+concatenated (unsplit) permutations, which is the ``k``-th batch a single process draws: ``W``
+ranks see exactly the global batch of one process (the DDP "global batch" semantics) when
+``W`` divides ``N`` (otherwise DistributedSampler pads every epoch with its first indices).
+Every sample is seen once per epoch; a batch may straddle two epochs, so any ``N`` works with
+any batch size. The stream's whole state is the number of batches drawn: a resumed run
+re-derives the current permutation instead of storing a generator state.
 
 A user's own ``DataLoader`` is iterated as given, epoch after epoch (calling
 ``sampler.set_epoch(epoch)`` when its sampler has one, as ``DistributedSampler`` needs); its
 batches are the per-rank batches, so under DDP the user shards it (e.g. with a
-``DistributedSampler``). On resume it is fast-forwarded by iterating, which reproduces the run
-only if the loader is deterministic.
+``DistributedSampler``; a warning says so when it has none). On resume it is fast-forwarded by
+iterating, which reproduces the run only if the loader is deterministic.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from flowdiff.models.base import GenerativeModel
 from flowdiff.train.seeding import derive_seed
 
-__all__ = ["BatchSource", "IndexStream", "make_batch_source"]
+__all__ = ["BatchSource", "StreamSampler", "make_batch_source"]
 
 Batch = tuple[Tensor, Tensor | None]
 
 
-class IndexStream:
-    """Global batches of indices into ``n`` samples, this rank's slice of each.
+class StreamSampler(DistributedSampler):
+    """This rank's batches of an endless sequence of :class:`DistributedSampler` epochs (see the
+    module docstring): :meth:`next` returns one local batch, ``iter`` yields them as lists (a
+    ``DataLoader(batch_sampler=...)``).
 
     Args:
         n: number of samples.
         batch_size: global batch size (divisible by ``world_size``).
-        seed: seed of the permutations.
-        rank, world_size: this process's slice of every global batch.
-        position: number of global batches already drawn (to resume).
+        seed: seed of the permutations (epoch ``e`` uses ``seed + e``, as DistributedSampler).
+        rank, world_size: this process's share of every epoch.
+        position: number of batches already drawn (to resume).
     """
 
     def __init__(
@@ -59,32 +66,35 @@ class IndexStream:
                 f"batch_size ({batch_size}) must be divisible by the number of processes "
                 f"({world_size}): it is the global batch, split evenly across ranks"
             )
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+        # DistributedSampler reads only len() of its dataset: a range stands for any data.
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         self.local_size = batch_size // world_size
-        self.offset = rank * self.local_size
         self.position = position
-        self._epoch = -1
-        self._perm = torch.empty(0, dtype=torch.long)
+        self._indices = torch.empty(0, dtype=torch.long)
 
-    def _permutation(self, epoch: int) -> Tensor:
-        if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
-            self._perm, self._epoch = torch.randperm(self.n, generator=gen), epoch
-        return self._perm
+    def _epoch_indices(self, epoch: int) -> Tensor:
+        """This rank's ``num_samples`` indices of ``epoch`` (computed once per epoch)."""
+        if epoch != self.epoch or not len(self._indices):
+            self.set_epoch(epoch)
+            self._indices = torch.tensor(list(super().__iter__()), dtype=torch.long)
+        return self._indices
 
     def next(self) -> Tensor:
-        """This rank's indices of the next global batch, shape ``(batch_size / world_size,)``."""
-        # Only this rank's slice [start, stop) of the global batch is materialised.
-        start = self.position * self.batch_size + self.offset
+        """This rank's indices of the next batch, shape ``(batch_size / world_size,)``."""
+        start = self.position * self.local_size
         stop = start + self.local_size
         parts = []
         while start < stop:
-            epoch, within = divmod(start, self.n)
-            take = min(stop - start, self.n - within)
-            parts.append(self._permutation(epoch)[within : within + take])
+            epoch, within = divmod(start, self.num_samples)
+            take = min(stop - start, self.num_samples - within)
+            parts.append(self._epoch_indices(epoch)[within : within + take])
             start += take
         self.position += 1
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            yield self.next().tolist()
 
 
 class BatchSource:
@@ -110,7 +120,7 @@ class BatchSource:
 
 
 class _TensorSource(BatchSource):
-    def __init__(self, model, device, x: Tensor, y: Tensor | None, stream: IndexStream) -> None:
+    def __init__(self, model, device, x: Tensor, y: Tensor | None, stream: StreamSampler) -> None:
         super().__init__(model, device)
         self.x, self.y, self.stream = x, y, stream
 
@@ -123,17 +133,6 @@ class _TensorSource(BatchSource):
 
     def restore(self, state: dict[str, Any]) -> None:
         self.stream.position = self.consumed = int(state["batches"])
-
-
-class _StreamSampler(Sampler):
-    """Endless batches of an :class:`IndexStream`, for ``DataLoader(batch_sampler=...)``."""
-
-    def __init__(self, stream: IndexStream) -> None:
-        self.stream = stream
-
-    def __iter__(self) -> Iterator[list[int]]:
-        while True:
-            yield self.stream.next().tolist()
 
 
 def _split_batch(batch: Any, where: str) -> tuple[Tensor, Tensor | None]:
@@ -151,7 +150,7 @@ class _LoaderSource(BatchSource):
     """
 
     def __init__(
-        self, model, device, loader: DataLoader, *, name: str, stream: IndexStream | None = None
+        self, model, device, loader: DataLoader, *, name: str, stream: StreamSampler | None = None
     ) -> None:
         super().__init__(model, device)
         self.loader, self.name, self.stream = loader, name, stream
@@ -219,8 +218,11 @@ def make_batch_source(
         batch_size: global batch size (ignored for a user's ``DataLoader``).
     """
 
-    def stream(n: int) -> IndexStream:
-        return IndexStream(n, batch_size, seed=seed, rank=rank, world_size=world_size)
+    def stream(n: int) -> StreamSampler:
+        # A hashed seed: DistributedSampler's ``seed + epoch`` would give seeds s and s + 1
+        # the same permutations one epoch apart.
+        batches_seed = derive_seed(seed, "batches")
+        return StreamSampler(n, batch_size, seed=batches_seed, rank=rank, world_size=world_size)
 
     if isinstance(data, (tuple, list)) and not isinstance(data, Tensor):
         if len(data) != 2:
@@ -233,6 +235,14 @@ def make_batch_source(
         model.check_data(data, "data")
         return _TensorSource(model, device, data, None, stream(data.shape[0]))
     if isinstance(data, DataLoader):
+        samplers = (data.sampler, data.batch_sampler, getattr(data.batch_sampler, "sampler", None))
+        if world_size > 1 and not any(isinstance(s, DistributedSampler) for s in samplers):
+            warnings.warn(
+                f"data is a DataLoader without a DistributedSampler: unless its sampler shards "
+                f"the data itself, each of the {world_size} processes iterates all of it; use "
+                "DataLoader(..., sampler=DistributedSampler(dataset)) or pass the Dataset itself",
+                stacklevel=4,
+            )
         return _LoaderSource(model, device, data, name="data (DataLoader)")
     if isinstance(data, IterableDataset):
         raise TypeError("data is an IterableDataset: wrap it in a DataLoader to train on it")
@@ -246,7 +256,7 @@ def make_batch_source(
         indices = stream(len(data))
         loader = DataLoader(
             data,
-            batch_sampler=_StreamSampler(indices),
+            batch_sampler=indices,
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
         )

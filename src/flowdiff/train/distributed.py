@@ -1,25 +1,71 @@
-"""Multi-process training on PyTorch's distributed engine (``torchrun``, NCCL/gloo).
+"""Multi-process training on PyTorch's distributed engine (``torchrun``, DDP, NCCL/gloo).
 
-Gradients are averaged with one ``all_reduce`` of a flat buffer per optimizer step instead of by
-wrapping the model in ``DistributedDataParallel``. DDP hooks the *forward* of one module and
-reduces *all* its parameters, while here a step is ``model.loss`` (not a forward) and may update
-only one optimizer group (a GAN's discriminator phase): reducing the phase's own parameters after
-``backward`` is the same average DDP computes (mean of the per-rank gradients of the per-rank
-mean losses = gradient of the global-batch mean loss), without its unused-parameter and
-multi-phase caveats. The price is no overlap of communication with ``backward``.
+Gradients are averaged over ranks by :class:`~torch.nn.parallel.DistributedDataParallel`. DDP
+reduces the gradients of the parameters of the module it wraps, and its ``forward`` announces
+the backward to come. The loop's unit of work is not a forward, though, but
+``model.loss(x, y, phase=...)``, which may call several sub-networks, some many times (a CNF's
+ODE solve), some only forward (a GAN's generator under ``no_grad`` in the discriminator phase,
+its frozen discriminator in the generator phase). So what is wrapped is the loss of one phase:
+:class:`PhaseLoss` is a module whose ``forward`` is ``model.loss(..., phase=group)`` and whose only
+registered parameters are that optim group's (the model's own tensors, not copies). One DDP per
+group, hence one reducer per group:
+
+- a phase's backward all-reduces exactly that phase's gradients, in DDP's buckets, overlapped
+  with the backward pass (the reducer hooks the parameters' gradient accumulators, which fire once
+  per backward however many times the loss called the network);
+- a parameter of another group is not in the phase's reducer. If the phase's loss gives it a
+  gradient anyway, that group's reducer ignores it (its hooks act only after its own forward)
+  and the loop zeroes it before the next phase. So no ``no_sync`` and no
+  ``find_unused_parameters`` (a graph traversal at every forward that would also all-reduce the
+  other player's absent gradients); the one requirement is that every parameter of a phase's
+  group gets a gradient from that phase's loss, which the loop checks with a clear error (else
+  the reducer would wait for it and leave the others un-averaged);
+- the model itself is never wrapped nor changed: state-dict keys, checkpoints, EMA names and the
+  families' own calls (``self.generator(z)``) are those of a single process.
+
+The mean over ranks of the per-rank gradients of the per-rank mean losses is the gradient of the
+global-batch mean loss (equal local batches). :meth:`Distributed.broadcast_module` gives every
+rank rank 0's parameters *and* buffers, also those no optimizer trains, before the DDPs are built
+(so with ``init_sync=False``). Buffers are not synchronised afterwards (a :class:`PhaseLoss` owns
+none): the library's only buffers that training changes, spectral norm's power-iteration vectors,
+evolve identically on every rank from identical weights. The loss is averaged by
+:meth:`Distributed.all_mean` (DDP averages gradients, not outputs), so the logged loss is the
+global-batch mean and every rank takes the same divergence decision.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["Distributed", "setup_distributed"]
+__all__ = ["Distributed", "PhaseLoss", "setup_distributed"]
+
+
+class PhaseLoss(nn.Module):
+    """``forward(x, y, generator) = loss(x, y, phase=phase, generator=generator)``: per-sample
+    losses ``(B,)``, as a module owning exactly the parameters ``params`` of optim group ``phase``
+    (the model's own tensors), which is what DDP wraps (see the module docstring).
+
+    Args:
+        loss: the model's ``loss`` (or its ``torch.compile``-d version).
+        phase: the optim group.
+        params: the group's parameters.
+    """
+
+    def __init__(self, loss: Callable[..., Tensor], phase: str, params: list[nn.Parameter]) -> None:
+        super().__init__()
+        self.params = nn.ParameterList(params)
+        self.loss, self.phase = loss, phase
+
+    def forward(self, x: Tensor, y: Tensor | None, generator: torch.Generator) -> Tensor:
+        return self.loss(x, y, phase=self.phase, generator=generator)
 
 
 @dataclass
@@ -49,27 +95,21 @@ class Distributed:
                 for tensor in [*module.parameters(), *module.buffers()]:
                     dist.broadcast(tensor.data, src=0)
 
-    def average_gradients(self, params: list[nn.Parameter], loss: Tensor) -> Tensor:
-        """All-reduce to the mean over ranks the gradients of ``params`` and the scalar ``loss``
-        in one flat buffer; return the global mean loss.
-
-        A parameter without a gradient contributes zeros (and gets the averaged gradient), so
-        every rank reduces the same buffer even when its batch left a parameter unused.
-        """
+    def phase_losses(
+        self, loss: Callable[..., Tensor], groups: dict[str, list[nn.Parameter]]
+    ) -> dict[str, nn.Module]:
+        """One :class:`PhaseLoss` per optim group, each in its own ``DistributedDataParallel``
+        when ``world_size > 1`` (call :meth:`broadcast_module` first: no init sync here)."""
+        losses = {group: PhaseLoss(loss, group, params) for group, params in groups.items()}
         if not self.enabled:
-            return loss
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).to(grads[0])])
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        offset = 0
-        for p, g in zip(params, grads):
-            p.grad = flat[offset : offset + g.numel()].view_as(g)
-            offset += g.numel()
-        return flat[-1]
+            return losses
+        return {
+            group: DistributedDataParallel(module, init_sync=False)
+            for group, module in losses.items()
+        }
 
     def all_mean(self, values: Tensor) -> Tensor:
-        """Mean of a tensor over ranks (metrics)."""
+        """Mean of a tensor over ranks (the logged loss)."""
         if not self.enabled:
             return values
         values = values.clone()

@@ -51,13 +51,16 @@ class MetricsWindow:
         return row
 
 
-def _open_tensorboard(log_dir: Path) -> Any:
-    """A TensorBoard ``SummaryWriter``, or ``None`` when tensorboard is not installed."""
+def _open_tensorboard(log_dir: Path, purge_step: int | None) -> Any:
+    """A TensorBoard ``SummaryWriter``, or ``None`` when tensorboard is not installed.
+
+    ``purge_step``: TensorBoard hides the events of earlier runs at steps ``>= purge_step``.
+    """
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(log_dir=str(log_dir))
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
 
 class MetricsLog:
@@ -67,17 +70,25 @@ class MetricsLog:
     The CSV is rewritten atomically from the history, at checkpoints and at the end, so the file
     always matches a checkpoint (a resumed run's CSV never holds rows from beyond the step it
     resumed from) and is never torn. TensorBoard writes its own event files (append-only; it
-    cannot go through ``atomic_write``).
+    cannot go through ``atomic_write``); a resumed run purges the points the killed run logged
+    after its checkpoint, so that none appears twice.
 
     Args:
         out_dir: where files go; ``None`` keeps the history in memory only.
         history: rows restored from a checkpoint.
+        resumed_from: the step of that checkpoint (``None`` for a fresh run).
     """
 
-    def __init__(self, out_dir: Path | None, history: list[dict[str, float]] | None = None):
+    def __init__(
+        self,
+        out_dir: Path | None,
+        history: list[dict[str, float]] | None = None,
+        resumed_from: int | None = None,
+    ) -> None:
         self.out_dir = out_dir
         self.history: list[dict[str, float]] = list(history or [])
-        self._tensorboard = _open_tensorboard(out_dir / "tensorboard") if out_dir else None
+        purge = None if resumed_from is None else resumed_from + 1
+        self._tensorboard = _open_tensorboard(out_dir / "tensorboard", purge) if out_dir else None
 
     def log(self, row: dict[str, float]) -> None:
         self.history.append(row)

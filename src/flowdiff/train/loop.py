@@ -6,9 +6,11 @@ protocol. Optimizer step ``k = 1..steps`` runs, for each phase in ``model.traini
 
 1. draw a fresh batch (each phase its own: a GAN's discriminator steps see different data);
 2. ``loss = model.loss(x, y, phase=phase, generator=g).mean()`` (bf16 autocast if asked), backward;
-3. under DDP, average the phase's gradients (and the loss) over ranks;
-4. stop with :class:`TrainingDiverged` if the loss or the gradient norm is not finite;
-5. clip the gradient norm and take an AdamW step of that phase's group at the scheduled lr;
+   under DDP the loss runs inside the phase's ``DistributedDataParallel``, whose backward
+   averages the phase's gradients over ranks (:mod:`flowdiff.train.distributed`), and the loss
+   is averaged too;
+3. stop with :class:`TrainingDiverged` if the loss or the gradient norm is not finite;
+4. clip the gradient norm and take an AdamW step of that phase's group at the scheduled lr;
 
 then updates the EMA of the weights, logs, checkpoints and snapshots. A run is reproducible bit
 for bit on one machine: every random stream (batch order, the loss's generator, the torch RNG) is
@@ -62,7 +64,10 @@ _TRAJECTORY_FIELDS = (
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or the gradient norm became NaN/inf; nothing of that step was applied.
+    """The loss or the gradient norm of one phase became NaN/inf; that phase's optimizer step was
+    not taken (its group's weights and AdamW state are those before it, and the EMA was not
+    updated). Earlier phases of the same training step were applied: a GAN whose generator phase
+    fails has already taken that step's discriminator steps.
 
     Attributes:
         step: the optimizer step (1-based) that failed.
@@ -177,10 +182,12 @@ class _Trainer:
         self.loss_generator = torch.Generator(device).manual_seed(
             derive_seed(config.seed, "loss", dist.rank)
         )
-        self.loss_fn = torch.compile(model.loss) if config.compile else model.loss
         self.last_checkpoint: Path | None = None
         self.start_step, self.resumed_from = 0, None
         history, loop_state = self._resume()
+        # Every rank starts from rank 0's weights and buffers (the DDPs below do not sync),
+        # before the EMA copies the weights as its start.
+        dist.broadcast_module(model)
 
         self.ema: EMA | None = None
         if config.ema_decay is not None:
@@ -191,11 +198,11 @@ class _Trainer:
                 self.ema.load(model.ema_state, loop_state["ema_updates"])
         # Sampling reads model.ema_state; it is the EMA's own dict, so always current.
         model.ema_state = self.ema.state if self.ema is not None else None
-        # Every rank starts from rank 0's weights, as DDP would make it.
-        dist.broadcast_module(model)
+        loss = torch.compile(model.loss) if config.compile else model.loss
+        self.phase_losses = dist.phase_losses(loss, self.groups)
         if loop_state:
             self.source.restore(loop_state["data"])
-        self.log = MetricsLog(self.out_dir if dist.is_main else None, history)
+        self.log = MetricsLog(self.out_dir if dist.is_main else None, history, self.resumed_from)
         self.window = MetricsWindow(per_phase=len(self.groups) > 1)
         # Turned off by the first snapshot if flowdiff.viz cannot be imported.
         self.snapshots = config.sample_every is not None and dist.is_main
@@ -269,7 +276,7 @@ class _Trainer:
         x, y = self.source.next()
         self.model.zero_grad(set_to_none=True)
         with self.autocast():
-            losses = self.loss_fn(x, y, phase=phase, generator=self.loss_generator)
+            losses = self.phase_losses[phase](x, y, self.loss_generator)
         if not isinstance(losses, Tensor) or losses.shape != (x.shape[0],):
             got = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
             raise ValueError(
@@ -282,7 +289,9 @@ class _Trainer:
         loss = losses.mean()
         loss.backward()
         params = self.groups[phase]
-        loss = self.dist.average_gradients(params, loss)
+        if self.dist.enabled:
+            self._check_reduced(phase, params)
+            loss = self.dist.all_mean(loss.detach())
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         # With max_norm=inf the gradients are multiplied by exactly 1: just the norm is measured.
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -291,6 +300,16 @@ class _Trainer:
             raise TrainingDiverged(step, phase, loss_value, norm_value, self.last_checkpoint)
         self.optimizers[phase].step()
         return loss_value, norm_value
+
+    def _check_reduced(self, phase: str, params: list[nn.Parameter]) -> None:
+        """DDP averages a phase's gradients only once every parameter of its group got one."""
+        if any(p.grad is None for p in params):
+            names = {id(p): name for name, p in self.model.named_parameters()}
+            missing = [names[id(p)] for p in params if p.grad is None]
+            raise ValueError(
+                f"under DDP every parameter of optim group {phase!r} must get a gradient from "
+                f"{type(self.model).__name__}.loss(phase={phase!r}); these got none: {missing}"
+            )
 
     def _phases(self, step_index: int) -> list[str]:
         phases = self.model.training_phases(step_index)
@@ -328,7 +347,8 @@ class _Trainer:
         self.last_checkpoint = checkpoint_path(self.out_dir, step)
 
     def _snapshot(self, step: int) -> None:
-        """Save ``model.sample(sample_count)`` (EMA weights) via ``flowdiff.viz.save_samples``."""
+        """Save ``model.sample(sample_count)`` via ``flowdiff.viz.save_samples``; ``sample``
+        itself loads the EMA weights (every family samples under ``averaged()`` by default)."""
         try:
             from flowdiff.viz import save_samples
         except ImportError as err:
@@ -342,7 +362,7 @@ class _Trainer:
         )
         cuda = [self.device] if self.device.type == "cuda" else []
         # fork_rng: a snapshot must not move the training's random streams (bit-exact resume).
-        with torch.random.fork_rng(devices=cuda), self.model.averaged():
+        with torch.random.fork_rng(devices=cuda):
             self.model.eval()
             try:
                 x = self.model.sample(self.config.sample_count, generator=generator)
