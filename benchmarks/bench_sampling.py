@@ -2,7 +2,9 @@
 
 **2D (checkerboard, two moons).** Four models are trained with the same 3x128 ``flowdiff.nets``
 MLP, the same initial weights, data, steps, optimiser, learning-rate schedule, EMA and seed (all
-through ``flowdiff.train.fit``); only the library that defines the path and the loss differs:
+through ``flowdiff.train.fit``); only the library that defines the path and the loss differs
+(and with it the order of the random draws, so each table is repeated over several training
+seeds and shows mean ± standard deviation):
 
 - ``flowdiff`` flow: :class:`~flowdiff.models.FlowModel` (linear path, velocity);
 - ``flowdiff`` diffusion: :class:`~flowdiff.models.DiffusionModel` (linear path, noise);
@@ -30,6 +32,8 @@ Run: ``python -m benchmarks.bench_sampling [--quick]``.
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +64,7 @@ SOLVERS = {
     "heun": ("heun2", 2),
     "rk4": ("rk4", 4),
 }
+REFERENCES = ("flow_matching", "torchcfm")
 GUIDANCE = (0.0, 1.0, 2.0, 3.0, 5.0)
 SETTINGS: dict[bool, dict[str, Any]] = {
     False: {
@@ -67,6 +72,7 @@ SETTINGS: dict[bool, dict[str, Any]] = {
         "n_data": 20000,
         "n": 1000,
         "k": 8,
+        "seeds": (0, 1, 2),
         "train": {"steps": 3000, "batch_size": 1024, "lr": 5e-3, "warmup_steps": 100},
         "digits_net": {"base_channels": 32, "channel_mults": [1, 2], "num_res_blocks": 1},
         "digits_train": {"steps": 2500, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100},
@@ -74,10 +80,11 @@ SETTINGS: dict[bool, dict[str, Any]] = {
         "digits_steps": 10,
     },
     True: {
-        "toys": ("checkerboard", "moons"),
+        "toys": ("moons",),
         "n_data": 2000,
         "n": 100,
         "k": 2,
+        "seeds": (0, 1),
         "train": {"steps": 30, "batch_size": 256, "lr": 5e-3, "warmup_steps": 5},
         "digits_net": {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1},
         "digits_train": {"steps": 5, "batch_size": 64, "lr": 2e-3, "warmup_steps": 1},
@@ -85,10 +92,10 @@ SETTINGS: dict[bool, dict[str, Any]] = {
         "digits_steps": 2,
     },
 }
+# The training seed (initial weights, batches, noise) is set per run from ``settings["seeds"]``.
 COMMON_TRAIN = {
     "lr_schedule": "cosine",
     "ema_decay": 0.999,
-    "seed": 0,
     "progress": False,
 }
 
@@ -191,64 +198,58 @@ class Judge:
         return sum(wasserstein2(a, b) for a, b in pairs) / self.k / self.floor
 
 
-def _cell(ratio: float, nfe: int | None = None) -> str:
-    return f"{ratio:.3g}" if nfe is None else f"{ratio:.3g} ({nfe})"
-
-
-def _fixed_step_row(
-    label: str, solver: str, stages: int, evaluate: Callable[[int], float]
-) -> list[str]:
-    """``[label, solver, W2/floor at each NFE..., ""]``; ``evaluate(steps) -> W2/floor``."""
-    cells = [_cell(evaluate(nfe // stages)) if nfe % stages == 0 else "" for nfe in NFES]
-    return [label, solver, *cells, ""]
-
-
-def _adaptive_row(label: str, ratio: float, nfe: int) -> list[str]:
-    return [label, "dopri5", *([""] * len(NFES)), _cell(ratio, nfe)]
-
-
 # ---------------------------------------------------------------------- 2D
-def _train(model: GenerativeModel, data: Data, settings: dict[str, Any]) -> float:
+# A sampler's measurements: {"NFE k": W2 / floor} for the fixed-step solvers,
+# {"adaptive": W2 / floor, "nfe": NFE} for dopri5.
+Measurements = dict[str, float]
+# Every (library or model, solver) row of the 2D tables, in order, and its network calls per step.
+STAGES = {"euler_maruyama": 1, "stochastic_heun": 2} | {k: v[1] for k, v in SOLVERS.items()}
+
+
+def _fixed_step(solver: str, evaluate: Callable[[int], float]) -> Measurements:
+    """``W2 / floor`` at every NFE the solver can use exactly; ``evaluate(steps)``."""
+    stages = STAGES[solver]
+    return {f"NFE {nfe}": evaluate(nfe // stages) for nfe in NFES if nfe % stages == 0}
+
+
+def _train(model: GenerativeModel, data: Data | Tensor, settings: dict, seed: int) -> float:
     start = time.process_time()
-    model.fit(data, **COMMON_TRAIN, **settings["train"])
+    model.fit(data, **COMMON_TRAIN, **settings["train"], seed=seed)
     return time.process_time() - start
 
 
-def _mlp() -> nets.MLP:
-    torch.manual_seed(0)  # the same initial weights for every library
+def _mlp(seed: int) -> nets.MLP:
+    torch.manual_seed(seed)  # the same initial weights for every library
     return nets.MLP(2, hidden=128, depth=3)
 
 
-def _toy_rows(name: str, settings: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]:
-    """Train the four models on ``name`` and measure ``W2 / floor`` for every sampler."""
-    data = load_data(name, n=settings["n_data"], generator=torch.Generator().manual_seed(0))
-    judge = Judge(name, settings["n"], settings["k"])
+def _measure(
+    data: Data, judge: Judge, settings: dict[str, Any], seed: int
+) -> tuple[dict[tuple[str, str], Measurements], dict[str, float]]:
+    """Train the four models with ``seed``; ``W2 / floor`` of every sampler, and training CPU s."""
     count = judge.n * judge.k
-    flow, diffusion = FlowModel(2, net=_mlp()), DiffusionModel(2, net=_mlp())
+    flow, diffusion = FlowModel(2, net=_mlp(seed)), DiffusionModel(2, net=_mlp(seed))
     references = {
-        "flow_matching": (ReferenceFlow(_mlp(), flow_matching_pair), flow_matching_sampler),
-        "torchcfm": (ReferenceFlow(_mlp(), torchcfm_pair), torchcfm_sampler),
+        "flow_matching": (ReferenceFlow(_mlp(seed), flow_matching_pair), flow_matching_sampler),
+        "torchcfm": (ReferenceFlow(_mlp(seed), torchcfm_pair), torchcfm_sampler),
     }
-    cpu = {"flowdiff flow": _train(flow, data, settings)}
-    cpu["flowdiff diffusion"] = _train(diffusion, data, settings)
+    cpu = {"flowdiff flow": _train(flow, data, settings, seed)}
+    cpu["flowdiff diffusion"] = _train(diffusion, data, settings, seed)
     for library, (model, _) in references.items():
-        cpu[library] = _train(model, data.x, settings)
+        cpu[library] = _train(model, data.x, settings, seed)
 
-    def ours(model: FlowModel | DiffusionModel, solver: str, steps: int | None, **kw: Any):
+    def ours(model: GenerativeModel, solver: str, steps: int | None, **kw: Any) -> Measurements:
         gen = torch.Generator().manual_seed(3)
         sol = model.sample(
             count, steps=steps, solver=solver, generator=gen, return_solution=True, **kw
         )
-        return judge(sol.x), sol.nfe
+        return {"adaptive": judge(sol.x), "nfe": sol.nfe}
 
-    rows = []
-    for solver, (_, stages) in SOLVERS.items():
-        rows.append(
-            _fixed_step_row(
-                "flowdiff flow", solver, stages, lambda k, solver=solver: ours(flow, solver, k)[0]
-            )
-        )
-    rows.append(_adaptive_row("flowdiff flow", *ours(flow, "dopri5", None)))
+    def ours_fixed(model: GenerativeModel, solver: str, **kw: Any) -> Measurements:
+        return _fixed_step(solver, lambda k: ours(model, solver, k, **kw)["adaptive"])
+
+    cells = {("flowdiff flow", solver): ours_fixed(flow, solver) for solver in SOLVERS}
+    cells["flowdiff flow", "dopri5"] = ours(flow, "dopri5", None)
     for library, (model, make_sampler) in references.items():
         counter = CountingNet(model.net)
         sample = make_sampler(counter)
@@ -258,42 +259,91 @@ def _toy_rows(name: str, settings: dict[str, Any]) -> tuple[list[list[str]], dic
             return judge(data.normalizer.inverse(sample(x0, method, steps)))
 
         with model.averaged():
-            for solver, (method, stages) in SOLVERS.items():
-                rows.append(
-                    _fixed_step_row(
-                        library, solver, stages, lambda k, method=method: theirs(method, k)
-                    )
-                )
+            for solver, (method, _) in SOLVERS.items():
+                cells[library, solver] = _fixed_step(solver, lambda k, m=method: theirs(m, k))
             counter.calls = 0
             ratio = theirs("dopri5", None)
-            rows.append(_adaptive_row(library, ratio, counter.calls))
+            cells[library, "dopri5"] = {"adaptive": ratio, "nfe": counter.calls}
     # The flow as an SDE (sigma_t = beta_t = 1 - t on the linear path), the diffusion model as
     # an SDE (its default sigma_t = beta_t) and as its probability-flow ODE (sigma = 0).
-    variants = [
-        ("flowdiff flow, SDE", flow, "euler_maruyama", {"sigma": lambda t: 1 - t}),
-        ("flowdiff diffusion, SDE", diffusion, "euler_maruyama", {}),
-        ("flowdiff diffusion, SDE", diffusion, "stochastic_heun", {}),
-        ("flowdiff diffusion, ODE", diffusion, "midpoint", {"sigma": 0.0}),
-        ("flowdiff diffusion, ODE", diffusion, "rk4", {"sigma": 0.0}),
-    ]
-    for label, model, solver, kw in variants:
-        stages = {
-            "euler_maruyama": 1,
-            "stochastic_heun": 2,
-            **{k: v[1] for k, v in SOLVERS.items()},
-        }
-        rows.append(
-            _fixed_step_row(
-                label,
-                solver,
-                stages[solver],
-                lambda k, model=model, solver=solver, kw=kw: ours(model, solver, k, **kw)[0],
-            )
-        )
-    rows.append(
-        _adaptive_row("flowdiff diffusion, ODE", *ours(diffusion, "dopri5", None, sigma=0.0))
+    cells["flowdiff flow, SDE", "euler_maruyama"] = ours_fixed(
+        flow, "euler_maruyama", sigma=lambda t: 1 - t
     )
-    return rows, {"floor": judge.floor, "train_cpu_s": cpu}
+    for solver in ("euler_maruyama", "stochastic_heun"):
+        cells["flowdiff diffusion, SDE", solver] = ours_fixed(diffusion, solver)
+    for solver in ("midpoint", "rk4"):
+        cells["flowdiff diffusion, ODE", solver] = ours_fixed(diffusion, solver, sigma=0.0)
+    cells["flowdiff diffusion, ODE", "dopri5"] = ours(diffusion, "dopri5", None, sigma=0.0)
+    return cells, cpu
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _format(values: list[float]) -> str:
+    """``mean ± sd`` over seeds (just the value for one seed)."""
+    mean, sd = _mean_sd(values)
+    return f"{mean:.3g}" if len(values) == 1 else f"{mean:.3g} ± {sd:.2g}"
+
+
+def _rows(runs: list[dict[tuple[str, str], Measurements]]) -> list[list[str]]:
+    """``[label, solver, cell at each NFE..., adaptive cell]`` over the seeds' measurements."""
+    rows = []
+    for label, solver in runs[0]:
+        per_seed = [run[label, solver] for run in runs]
+        if solver == "dopri5":
+            nfe = statistics.fmean(m["nfe"] for m in per_seed)
+            adaptive = f"{_format([m['adaptive'] for m in per_seed])} ({nfe:.0f})"
+            rows.append([label, solver, *([""] * len(NFES)), adaptive])
+            continue
+        cells = [
+            _format([m[f"NFE {nfe}"] for m in per_seed]) if f"NFE {nfe}" in per_seed[0] else ""
+            for nfe in NFES
+        ]
+        rows.append([label, solver, *cells, ""])
+    return rows
+
+
+def _versus_references(runs: list[dict[tuple[str, str], Measurements]]) -> dict[str, int]:
+    """How flowdiff's flow compares with the better reference library, cell by cell (every ODE
+    solver and NFE): lower or equal mean, and worse by more than two standard errors of the
+    difference of the means (over seeds)."""
+    counts = {"cells": 0, "lower_or_equal": 0, "worse_beyond_2se": 0}
+    seeds = len(runs)
+    for solver in SOLVERS:
+        for key in runs[0]["flowdiff flow", solver]:
+            ours = _mean_sd([run["flowdiff flow", solver][key] for run in runs])
+            best = min(
+                (_mean_sd([run[lib, solver][key] for run in runs]) for lib in REFERENCES),
+                key=lambda mean_sd: mean_sd[0],
+            )
+            se = math.sqrt((ours[1] ** 2 + best[1] ** 2) / seeds)
+            counts["cells"] += 1
+            counts["lower_or_equal"] += ours[0] <= best[0]
+            counts["worse_beyond_2se"] += seeds > 1 and ours[0] - best[0] > 2 * se
+    return counts
+
+
+def _toy(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The 2D table of ``name`` over ``settings["seeds"]``."""
+    data = load_data(name, n=settings["n_data"], generator=torch.Generator().manual_seed(0))
+    judge = Judge(name, settings["n"], settings["k"])
+    runs, cpu = [], []
+    for seed in settings["seeds"]:
+        cells, seconds = _measure(data, judge, settings, seed)
+        runs.append(cells)
+        cpu.append(seconds)
+    return {
+        "floor": judge.floor,
+        "rows": _rows(runs),
+        "per_seed": [
+            {f"{label} | {solver}": m for (label, solver), m in cells.items()} for cells in runs
+        ],
+        "versus_references": _versus_references(runs),
+        "train_cpu_s": {k: statistics.fmean(s[k] for s in cpu) for k in cpu[0]},
+    }
 
 
 # ---------------------------------------------------------------------- digits
@@ -306,7 +356,7 @@ def _digits(settings: dict[str, Any], out_dir: Path) -> tuple[list[list[Any]], d
     net = {"type": "unet", "in_channels": 1, "num_classes": 10, **settings["digits_net"]}
     model = FlowModel((1, 8, 8), net=net, num_classes=10, label_dropout=0.1)
     start = time.process_time()
-    model.fit(data, **COMMON_TRAIN, **settings["digits_train"])
+    model.fit(data, **COMMON_TRAIN, **settings["digits_train"], seed=0)
     train_cpu = time.process_time() - start
 
     # The judge: a CNN fitted on 80% of the real digits, scored on the other 20%.
@@ -352,15 +402,23 @@ def run(quick: bool = False, out_dir: Path = RESULTS_DIR) -> dict[str, Any]:
     parts = [
         "W2 / floor (mean exact W2 of N samples to N fresh data points over K pairs, divided "
         "by the same between two data samples; 1.0 = as good as data), "
-        f"N = {settings['n']}, K = {settings['k']}."
+        f"N = {settings['n']}, K = {settings['k']}; mean ± standard deviation over training "
+        f"seeds {', '.join(map(str, settings['seeds']))} (initial weights, batches and noise). "
+        "dopri5 (rtol = atol = 1e-5) shows its mean NFE: flowdiff controls the error of every "
+        "sample (the worst one decides the step), torchdiffeq and flow_matching the RMS over "
+        "the whole batch, hence about twice the NFE at the same tolerances."
     ]
     for name in settings["toys"]:
-        rows, info = _toy_rows(name, settings)
-        result["toys"][name] = {"rows": rows, **info}
-        cpu = ", ".join(f"{k} {v:.0f} s" for k, v in info["train_cpu_s"].items())
+        table = _toy(name, settings)
+        result["toys"][name] = table
+        cpu = ", ".join(f"{k} {v:.0f} s" for k, v in table["train_cpu_s"].items())
+        versus = table["versus_references"]
         parts.append(
-            f"### {name} (floor W2 = {info['floor']:.4g}; training CPU: {cpu})\n\n"
-            + markdown_table(header, rows)
+            f"### {name} (floor W2 = {table['floor']:.4g}; mean training CPU: {cpu})\n\n"
+            + markdown_table(header, table["rows"])
+            + f"\n\nflowdiff flow against the better of {' and '.join(REFERENCES)}, over the "
+            f"{versus['cells']} ODE cells: mean lower or equal in {versus['lower_or_equal']}, "
+            f"worse by more than two standard errors in {versus['worse_beyond_2se']}."
         )
     rows, info = _digits(settings, out_dir)
     result["digits"] = info
