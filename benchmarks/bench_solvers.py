@@ -2,7 +2,9 @@
 
 1. Orders: the fitted log-log slope of the global error (ODE solvers on ``y' = (1 + t) A y``
    vs the matrix exponential, float64) and the strong / weak slopes of the SDE solvers on
-   geometric Brownian motion with shared Brownian paths.
+   geometric Brownian motion with shared Brownian paths. Dopri5's two solutions (weights ``b``,
+   order 5, and the embedded ``b_hat``, order 4) are run as fixed-step methods, as in
+   ``tests/test_solvers.py``; its adaptive solve is reported as global error / tolerance.
 2. Overhead ratio: ``time(simulate, N steps) / (NFE * time(one bare drift call))`` for a 3x256
    MLP drift at batch 10,000, 1 thread (goal <= 1.05). Bare calls and solves alternate, and the
    ratio is the median over repeats, so machine noise hits both alike.
@@ -26,7 +28,15 @@ from torch import Tensor, nn
 
 from benchmarks.common import main, markdown_table, setup
 from flowdiff.dynamics import FunctionSDE, VectorFieldODE
-from flowdiff.solvers import brownian_path, get_solver, simulate, time_grid
+from flowdiff.solvers import (
+    DOPRI5,
+    ButcherTableau,
+    ExplicitRungeKutta,
+    brownian_path,
+    get_solver,
+    simulate,
+    time_grid,
+)
 
 F64 = torch.float64
 FIXED = ["euler", "midpoint", "heun", "rk4"]
@@ -47,29 +57,41 @@ def _slope(hs: list[float], errors: list[float]) -> float:
     return float(np.polyfit(np.log(hs), np.log(errors), 1)[0])
 
 
-def ode_orders(quick: bool) -> list[list[Any]]:
+def _linear_problem() -> tuple[VectorFieldODE, Tensor, Tensor]:
     a = torch.tensor([[-0.2, 2.0, 0.3], [-1.5, -0.1, 1.0], [0.4, -0.8, -0.3]], dtype=F64)
     y0 = torch.tensor([[1.0, 0.5, -0.3]], dtype=F64)
     ode = VectorFieldODE(lambda x, t: (1 + t)[:, None] * (x @ a.T))
-    exact = y0 @ torch.linalg.matrix_exp(a * 4.0).T  # t + t^2/2 at t = 2
+    return ode, y0, y0 @ torch.linalg.matrix_exp(a * 4.0).T  # t + t^2/2 at t = 2
+
+
+def ode_orders(quick: bool) -> list[list[Any]]:
+    ode, y0, exact = _linear_problem()
+    cases = [(get_solver(name), {1: 128, 2: 32, 4: 16}[get_solver(name).order]) for name in FIXED]
+    # Dopri5's two weight sets as fixed-step methods, on the steps of tests/test_solvers.py
+    for label, weights, order in (("weights b", DOPRI5.b, 5), ("embedded b_hat", DOPRI5.b_hat, 4)):
+        tableau = ButcherTableau(DOPRI5.c, DOPRI5.a, weights, order)  # type: ignore[arg-type]
+        cases.append((ExplicitRungeKutta(f"dopri5 {label}", tableau), 32))
     rows = []
-    for name in [*FIXED, "dopri5"]:
-        order = get_solver(name).order
-        if name == "dopri5":  # adaptive: error against tolerance instead of step size
-            tols = [1e-4, 1e-6, 1e-8]
-            errs = [
-                float((simulate(ode, y0, [0.0, 2.0], name, rtol=t, atol=t).x - exact).abs().max())
-                for t in tols
-            ]
-            rows.append([name, order, f"err/tol = {max(e / t for e, t in zip(errs, tols)):.3g}"])
-            continue
-        base = {1: 128, 2: 32, 4: 16}[order]
+    for solver, base in cases:
         steps = [base * 2**k for k in range(3 if quick else 4)]
         errs = [
-            float((simulate(ode, y0, time_grid(n, t1=2.0, dtype=F64), name).x - exact).abs().max())
+            float(
+                (simulate(ode, y0, time_grid(n, t1=2.0, dtype=F64), solver).x - exact).abs().max()
+            )
             for n in steps
         ]
-        rows.append([name, order, round(_slope([2.0 / n for n in steps], errs), 3)])
+        rows.append([solver.name, solver.order, round(_slope([2.0 / n for n in steps], errs), 3)])
+    return rows
+
+
+def dopri5_tolerance() -> list[list[Any]]:
+    """Adaptive dopri5: max global error / (tol + tol |y|) and NFE per tolerance."""
+    ode, y0, exact = _linear_problem()
+    rows = []
+    for tol in (1e-4, 1e-6, 1e-8):
+        sol = simulate(ode, y0, [0.0, 2.0], "dopri5", rtol=tol, atol=tol)
+        ratio = float(((sol.x - exact).abs() / (tol + tol * exact.abs())).max())
+        rows.append([f"{tol:g}", round(ratio, 3), sol.nfe])
     return rows
 
 
@@ -253,6 +275,7 @@ def speed(batch: int, steps: int, rounds: int) -> tuple[list[list[Any]], list[li
 def run(quick: bool = False) -> dict[str, Any]:
     setup(threads=1)
     ode_rows = ode_orders(quick)
+    tolerance_rows = dopri5_tolerance()
     sde_rows = sde_orders(quick)
     # the benchmark's case (batch 10,000), then smaller batches where the loop itself shows
     configs = [(500, 5, 2)] if quick else [(10_000, 10, 5), (256, 50, 7), (16, 100, 9)]
@@ -265,6 +288,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         [
             "ODE solvers: fitted order of the global error (y' = (1+t) A y vs expm, float64)\n\n"
             + markdown_table(["solver", "declared order", "measured order"], ode_rows),
+            "Adaptive dopri5 on the same problem: max |error| / (tol + tol |y|) (1 = the "
+            "tolerance met exactly)\n\n"
+            + markdown_table(["rtol = atol", "error / tolerance", "NFE"], tolerance_rows),
             "SDE solvers on geometric Brownian motion (shared Brownian paths)\n\n"
             + markdown_table(
                 ["solver", "strong order", "measured", "weak order", "measured"], sde_rows
@@ -290,6 +316,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     )
     return {
         "ode_orders": ode_rows,
+        "dopri5_tolerance": tolerance_rows,
         "sde_orders": sde_rows,
         "overhead": overhead,
         "per_nfe": per_nfe,

@@ -136,3 +136,15 @@ def test_bad_input_raises(batch):
         get_coupling("ot", reg=0.1)
     with pytest.raises(TypeError, match=r"x1 must be a torch\.Tensor"):
         independent_coupling(x0, x1.numpy())
+
+
+def test_sinkhorn_with_too_small_a_reg_names_reg_and_the_cost_scale(batch, gen):
+    """max cost / reg = 62.7 / 0.01 underflows the kernel exp(-C / reg): a ValueError naming both,
+    not torch.multinomial's "probability tensor contains either inf, nan or element < 0"."""
+    x0, x1, _ = batch
+    scale = float(ot.dist(x0.numpy(), x1.numpy()).max())
+    with pytest.raises(ValueError, match=rf"reg=0.01 .* = {scale:.3g} .*reg >= {scale / 1e3:.3g}"):
+        ot_coupling(x0, x1, method="sinkhorn", reg=0.01, generator=gen)
+    # the advised reg works: a pairing of x1 with rows of x0
+    out = ot_coupling(x0, x1, method="sinkhorn", reg=scale / 1e3, generator=gen)
+    assert _is_row_subset(out.x0, x0)

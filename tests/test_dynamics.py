@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flowdiff.distributions import GaussianMixture
+from flowdiff.distributions import Gaussian, GaussianMixture, IsotropicGaussian
 from flowdiff.dynamics import (
     ODE,
     SDE,
@@ -24,6 +24,7 @@ from flowdiff.dynamics import (
     OrnsteinUhlenbeck,
     VectorFieldODE,
 )
+from flowdiff.paths import GaussianMixtureOracle
 from flowdiff.solvers import simulate, time_grid
 
 F64 = torch.float64
@@ -116,6 +117,47 @@ def test_wrappers_pass_conditioning_and_constants() -> None:
     ],
 )
 def test_bad_construction_raises(build, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_langevin_rejects_a_time_dependent_score_at_construction() -> None:
+    """The oracle's score(x, t) has the .score of a density but takes t too: the error comes at
+    construction, naming the signature and the fix, not as a TypeError at the first drift."""
+    oracle = GaussianMixtureOracle(GaussianMixture.symmetric_2d(n_modes=3, radius=2.0))
+    with pytest.raises(TypeError, match=r"GaussianMixtureOracle.score\(x, t\) cannot be called"):
+        LangevinDynamics(oracle)
+    with pytest.raises(TypeError, match=r"the score function\(x, y\) cannot"):
+        LangevinDynamics(lambda x, y: x)
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    fixed = LangevinDynamics(lambda x: oracle.score(x, 1.0), sigma=1.0)
+    torch.testing.assert_close(fixed.drift(x, torch.zeros(5)), 0.5 * oracle.score(x, 1.0))
+    LangevinDynamics(lambda x, scale=2.0: -scale * x)  # extra parameters with defaults are fine
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "match"),
+    [
+        (lambda: GaussianMixture.symmetric_2d(std=-1.0), ValueError, r"std must be .* -1.0"),
+        (lambda: GaussianMixture.symmetric_2d(std=0.0), ValueError, r"std must be .* got 0.0"),
+        (lambda: GaussianMixture.symmetric_2d(n_modes=2.5), ValueError, "n_modes must be an int"),
+        (lambda: GaussianMixture.symmetric_2d(n_modes=0), ValueError, "n_modes must be an int"),
+        (lambda: GaussianMixture.symmetric_2d(radius=math.nan), ValueError, "radius must be"),
+        (lambda: GaussianMixture.random_2d(std=-0.5), ValueError, "std must be"),
+        (lambda: GaussianMixture.random_2d(n_modes=2.5), ValueError, "n_modes must be an int"),
+        (lambda: GaussianMixture.random_2d(scale=math.nan), ValueError, "scale must be"),
+        (lambda: GaussianMixture([[0.0, math.nan]], 1.0), ValueError, "means has 1 non-finite"),
+        (lambda: GaussianMixture([[0.0, 0.0]], math.inf), ValueError, "covs has 1 non-finite"),
+        (lambda: GaussianMixture([[0.0], [1.0]], [1.0, 0.0]), ValueError, r"positive, got \[1"),
+        (lambda: GaussianMixture([[0.0]], 1.0, [math.nan]), ValueError, "weights must be"),
+        (lambda: GaussianMixture.symmetric_2d().sample(0), ValueError, "n must be an integer"),
+        (lambda: GaussianMixture.symmetric_2d().sample(-3), ValueError, "n must be an integer"),
+        (lambda: IsotropicGaussian(2).sample(0), ValueError, "n must be an integer >= 1, got 0"),
+        (lambda: IsotropicGaussian(2, std=0.0), ValueError, "std must be"),
+        (lambda: Gaussian(torch.zeros(2), torch.eye(2)).sample(2.5), ValueError, "n must be an"),
+    ],
+)
+def test_bad_distribution_arguments_raise(build, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         build()
 

@@ -93,42 +93,53 @@ def test_the_oracle_minimises_the_expected_loss(name, schedule, gen):
 
 
 @pytest.mark.parametrize(
-    ("name", "kw"),
+    ("name", "kw", "factor"),
     [
-        ("flow_matching", {}),
-        ("flow_matching", {"time_sampler": "logit_normal"}),
-        ("score_matching", {}),
-        ("noise_prediction", {}),
-        ("data_prediction", {}),
+        ("flow_matching", {}, 8.0),
+        ("flow_matching", {"time_sampler": "logit_normal"}, 8.0),
+        ("score_matching", {}, 3.0),
+        ("noise_prediction", {}, 4.0),
+        ("data_prediction", {}, 1.5),
     ],
     ids=["fm", "fm-logit-normal", "score", "noise", "data"],
 )
-def test_training_a_small_mlp_approaches_the_oracle(name, kw, gen):
-    """400 Adam steps on batches of 256 reduce the (objective-weighted) MSE to the oracle, in
-    the objective's parameterisation, on held-out points with t in [0.05, 0.95] by a factor 4
-    (measured at this seed: 8.3 to 24)."""
+def test_training_a_small_mlp_approaches_the_oracle_field(name, kw, factor, gen):
+    """400 Adam steps on batches of 256, then each net's output converted to a velocity
+    (``objective.velocity``, i.e. ``path.convert``) and compared with the oracle's marginal field
+    ``u_t(x)`` on 2000 held-out points of the path, t in [0.1, 0.9] (converting x1, epsilon or
+    score predictions divides by t or 1 - t, so errors grow up to 10x at those ends).
+
+    Two baselines: the untrained net (the MSE must drop 8-fold; measured 11-44x over seeds
+    0-2), and the best field that ignores x, ``E[u_t(X_t)] = d_alpha_t E[x1]``, which a net that
+    learnt nothing about the modes can reach: beaten by the stated factor (measured over seeds
+    0-2: flow matching 10-12x, score 3.9-5.2x, noise 5.4-6.4x, data 1.8-2.2x; data prediction
+    trails because its velocity is (x1_hat - x) / (1 - t))."""
     torch.manual_seed(0)
     mixture = _mixture()
     objective = get_objective(name, **kw)
+    oracle = GaussianMixtureOracle(mixture, objective.path)
     x1 = mixture.sample(2000, generator=gen)
-    t = 0.05 + 0.9 * torch.rand(2000, generator=gen)
+    t = 0.1 + 0.8 * torch.rand(2000, generator=gen)
     x = objective.path.sample(objective.path.sample_x0(x1, generator=gen), x1, t).x_t
-    target = _oracle_net(objective, mixture)(x.double(), t.double()).float()
-    weight = objective.weight(t)[:, None]
+    field = oracle.vector_field(x.double(), t.double()).float()
+    _, c = objective.path.coefficients(t, x)
+    x_blind = float(((c.d_alpha * mixture.mean().float() - field) ** 2).mean())
     net = TinyNet()
 
     def error():
         with torch.no_grad():
-            return float((weight * (net(x, t) - target) ** 2).mean())
+            return float(((objective.velocity(net(x, t), x, t) - field) ** 2).mean())
 
-    before = error()
+    untrained = error()
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(400):
         loss = objective.loss(net, mixture.sample(256, generator=gen), generator=gen).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert error() < before / 4
+    trained = error()
+    assert trained < untrained / 8, (trained, untrained)
+    assert trained < x_blind / factor, (trained, x_blind)
 
 
 # ---------------------------------------------------------------------- equivalences
@@ -147,6 +158,40 @@ def test_score_matching_with_beta_squared_is_noise_prediction(gen):
     dsm = ScoreMatching(path).loss(score_net, x1, x0=x0, t=t)
     eps = NoisePrediction(path).loss(noise_net, x1, x0=x0, t=t)
     torch.testing.assert_close(dsm, eps, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "vp"])
+def test_likelihood_weighting_turns_score_matching_into_a_kl(schedule, gen):
+    """Song, Durkan, Murray & Ermon (2021): if p_t and q_t are pushed along the same forward SDE
+    of diffusion g_t, KL(p_1 || q_1) - KL(p_0 || q_0) = 1/2 int_0^1 g_t^2 E_p_t |s_p - s_q|^2 dt.
+    The excess loss of q's exact score over p's (the cross term has mean 0) is that integrand
+    per event coordinate, so with t ~ U[0, 1] and D = 2: E[loss_q - loss_p] * D / 2 = the KL,
+    estimated from exact log-densities. 50000 draws: the two agree within 4 standard errors
+    (measured 0.382 +- 0.011 against 0.381 +- 0.004 for linear, 0.384 +- 0.017 against 0.381 for
+    vp, whose alpha_0 = 0.0067 leaves KL(p_0 || q_0) ~ 2e-5), while the beta_squared weighting
+    gives 0.038 / 0.028, tens of standard errors away."""
+    n, p = 50_000, _mixture()
+    q = GaussianMixture(p.means + torch.tensor([0.4, -0.3]), 1.3 * p.covs, [0.3, 0.4, 0.3])
+    path = GaussianPath(schedule)
+    oracle_p, oracle_q = GaussianMixtureOracle(p, path), GaussianMixtureOracle(q, path)
+    x1 = p.sample(n, generator=gen, dtype=torch.float64)
+    x0 = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    t = torch.rand(n, generator=gen, dtype=torch.float64)
+    log_ratio = (p.log_prob(x1) - q.log_prob(x1)).double()
+    log_ratio_0 = oracle_p.log_prob(x0, 0.0) - oracle_q.log_prob(x0, 0.0)  # x_0 = x0 ~ p_0
+    kl = float(log_ratio.mean() - log_ratio_0.mean())
+    kl_se = math.sqrt(float(log_ratio.var() + log_ratio_0.var()) / n)
+    estimates = {}
+    for weighting in ("likelihood", "beta_squared"):
+        objective = ScoreMatching(path, weighting=weighting)
+        excess = objective.loss(oracle_q.score, x1, x0=x0, t=t) - objective.loss(
+            oracle_p.score, x1, x0=x0, t=t
+        )
+        estimates[weighting] = (float(excess.mean()), float(excess.std()) / math.sqrt(n))
+    mean, se = estimates["likelihood"]
+    assert abs(mean - kl) < 4 * math.hypot(se, kl_se) and se < 0.05 * kl
+    wrong, wrong_se = estimates["beta_squared"]
+    assert abs(wrong - kl) > 20 * math.hypot(wrong_se, kl_se)
 
 
 def test_flow_matching_is_data_prediction_weighted_by_one_over_beta_squared(gen):
@@ -295,8 +340,10 @@ def test_bad_input_raises(gen):
         ScoreMatching(LinearPath())
     with pytest.raises(ValueError, match="predicts 'x1', which BrownianBridgePath"):
         DataPrediction(BrownianBridgePath(1.0))
-    with pytest.raises(ValueError, match="needs a path with a schedule"):
+    with pytest.raises(ValueError, match="'beta_squared' needs a path with a schedule"):
         FlowMatching(BrownianBridgePath(1.0), weighting="beta_squared")
+    with pytest.raises(ValueError, match="'likelihood' needs a path with a schedule"):
+        FlowMatching(BrownianBridgePath(1.0), weighting="likelihood")
     with pytest.raises(ValueError, match="did you mean 'none'"):
         FlowMatching(weighting="nne")
     with pytest.raises(ValueError, match="did you mean 'uniform'"):

@@ -42,7 +42,7 @@ def _representations(path, x1, eps, t):
 
 
 # ---------------------------------------------------------------------- conditional path
-@pytest.mark.parametrize("schedule", ["linear", "sqrt", "cosine", "vp"])
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("t", [0.2, 0.5, 0.8])
 def test_conditional_samples_follow_the_gaussian_law(schedule, t, gen):
     """x_t | x1 ~ N(alpha_t x1, beta_t^2 I): moments and a KS test at a fixed seed."""
@@ -154,6 +154,29 @@ def test_safe_directions_stay_exact_at_the_endpoints(schedule, gen):
     out = path.convert(values["score"], x, 0.0, source="score", target="epsilon")
     torch.testing.assert_close(out, eps)
     torch.testing.assert_close(path.convert(eps, x, 0.0, source="epsilon", target="score"), -eps)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("t", [0.0, 1.0])
+def test_score_and_velocity_convert_exactly_at_the_endpoints(schedule, t, gen):
+    """In the pair (x1_hat, s): x = alpha x1_hat - beta^2 s and u = d_alpha x1_hat - beta d_beta s
+    (module notes). At t=1, score -> velocity is exact: u_1 = x + s/2 for sqrt, where going
+    through eps_hat = -beta_1 s = 0 gave u_1 = x. Velocity -> score is exact wherever the score
+    is determined by u: at t=0 (unless d_alpha_0 = 0) and at t=1 iff beta d_beta != 0 there."""
+    path = GaussianPath(schedule)
+    x1_hat, s = _pair(gen)
+    _, c = path.coefficients(t, x1_hat)
+    x = c.alpha * x1_hat - c.beta**2 * s
+    u = c.d_alpha * x1_hat - c.beta_d_beta * s
+    if t == 1.0:
+        out = path.convert(s, x, t, source="score", target="velocity")
+        torch.testing.assert_close(out, u, rtol=1e-12, atol=1e-12)
+    det = float(c.beta[0] ** 2 * c.d_alpha[0] - c.alpha[0] * c.beta_d_beta[0])
+    expected = {1.0: ("sqrt", "vp", "linear_vp"), 0.0: tuple(set(SCHEDULES) - {"polynomial"})}
+    assert (det > 0) == (schedule in expected[t])
+    if det > 0:
+        out = path.convert(u, x, t, source="velocity", target="score")
+        torch.testing.assert_close(out, s, rtol=1e-12, atol=1e-12)
 
 
 def test_guard_bounds_the_division_near_the_endpoint(gen):

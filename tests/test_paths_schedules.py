@@ -93,6 +93,83 @@ def test_closed_forms():
     assert get_schedule("vp")(0.0).alpha.item() == pytest.approx(math.exp(-0.5 * 10.05))
 
 
+@pytest.mark.parametrize(("name", "kw"), CASES, ids=IDS)
+def test_beta_d_beta_is_half_the_derivative_of_beta_squared(name, kw):
+    schedule = get_schedule(name, **kw)
+    t = T_INTERIOR.clone().requires_grad_(True)
+    values = schedule(t)
+    (half_d_beta_sq,) = torch.autograd.grad(0.5 * (values.beta**2).sum(), t)
+    torch.testing.assert_close(values.beta_d_beta, half_d_beta_sq, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(values.beta_d_beta, values.beta * values.d_beta)
+
+
+# (schedule id, endpoint) -> the derivatives that are unbounded there: clamped finite, beyond
+# every interior value. Everything else must equal its limit at the endpoint.
+UNBOUNDED = {
+    ("sqrt", 1.0): {"d_beta"},
+    ("vp", 1.0): {"d_beta"},
+    ("vp{'beta_min': 0.5, 'beta_max': 25.0}", 1.0): {"d_beta"},
+    ("linear_vp", 1.0): {"d_beta"},
+    ("polynomial{'n': 0.5}", 0.0): {"d_alpha", "d_beta", "beta_d_beta"},
+}
+FIELDS = ("alpha", "beta", "d_alpha", "d_beta", "beta_d_beta")
+
+
+@pytest.mark.parametrize(("name", "kw"), CASES, ids=IDS)
+@pytest.mark.parametrize("end", [0.0, 1.0])
+def test_endpoint_values_are_the_limits(name, kw, end):
+    """Each value at t=0 and t=1 against t = 1e-7 inside (float64): bounded ones within 1e-3 (a
+    square-root vertical tangent moves beta by sqrt(1e-7) = 3e-4 there); beta_d_beta at t=1 is
+    the limit -1/2 (sqrt), -1 (linear_vp), -beta_min/2 (vp), never the 0 of beta_1 * d_beta_1."""
+    schedule = get_schedule(name, **kw)
+    inside = end + (1e-7 if end == 0.0 else -1e-7)
+    at = schedule(torch.tensor(end, dtype=torch.float64))
+    near = schedule(torch.tensor(inside, dtype=torch.float64))
+    unbounded = UNBOUNDED.get((f"{name}{kw or ''}", end), set())
+    for field in FIELDS:
+        value, limit = float(getattr(at, field)), float(getattr(near, field))
+        assert math.isfinite(value), field
+        if field in unbounded:
+            assert abs(value) > abs(limit) and value * limit > 0, (field, value, limit)
+        else:
+            assert abs(value - limit) <= 1e-3 * max(1.0, abs(limit)), (field, value, limit)
+
+
+def test_beta_d_beta_closed_forms_at_the_data_end():
+    one = torch.tensor(1.0, dtype=torch.float64)
+    ends = {name: float(get_schedule(name)(one).beta_d_beta) for name in schedule_names()}
+    assert ends == pytest.approx(
+        {"linear": 0, "sqrt": -0.5, "cosine": 0, "vp": -0.05, "linear_vp": -1, "polynomial": 0},
+        abs=1e-12,
+    )
+
+
+@pytest.mark.parametrize(("name", "kw"), CASES, ids=IDS)
+def test_diffusion_squared_is_beta_squared_times_the_log_snr_rate(name, kw):
+    """g_t^2 = beta_t^2 d lambda_t / dt on the interior (autograd), the limit at t=1."""
+    schedule = get_schedule(name, **kw)
+    t = T_INTERIOR.clone().requires_grad_(True)
+    (d_log_snr,) = torch.autograd.grad(schedule.log_snr(t).sum(), t)
+    g2 = schedule.diffusion_squared(T_INTERIOR)
+    torch.testing.assert_close(g2, schedule(T_INTERIOR).beta ** 2 * d_log_snr, rtol=1e-6, atol=0)
+    at_one = float(schedule.diffusion_squared(torch.tensor(1.0, dtype=torch.float64)))
+    near_one = float(schedule.diffusion_squared(torch.tensor(1 - 1e-7, dtype=torch.float64)))
+    assert at_one == pytest.approx(near_one, abs=1e-5)
+
+
+def test_diffusion_squared_closed_forms():
+    t = T_INTERIOR
+    # Song et al. (2021)'s VP SDE: g^2 = beta(s) = beta_min + s (beta_max - beta_min), s = 1 - t
+    vp = get_schedule("vp", beta_min=0.5, beta_max=25.0).diffusion_squared(t)
+    torch.testing.assert_close(vp, 0.5 + (1 - t) * 24.5, rtol=1e-12, atol=0)
+    # linear: 2 beta^2 (1 / t + 1 / (1 - t)) = 2 (1 - t) / t; sqrt: 2 (1 - t) / t + 1
+    torch.testing.assert_close(get_schedule("linear").diffusion_squared(t), 2 * (1 - t) / t)
+    torch.testing.assert_close(get_schedule("sqrt").diffusion_squared(t), 2 * (1 - t) / t + 1)
+    # unbounded at t=0 when alpha_0 = 0: clamped finite and huge
+    zero = torch.tensor(0.0, dtype=torch.float64)
+    assert 1e15 < float(get_schedule("linear").diffusion_squared(zero)) < math.inf
+
+
 def test_vertical_tangent_is_clamped_finite():
     # beta = sqrt(1 - t): d_beta -> -inf at t=1, evaluated at 1 - t = machine epsilon.
     for dtype in (torch.float32, torch.float64):

@@ -130,9 +130,13 @@ def test_dopri5_meets_tolerance_and_spends_less_when_looser(problem: str) -> Non
     nfes = []
     for tol in (1e-4, 1e-6, 1e-8):
         sol = simulate(VectorFieldODE(field), y0, [0.0, T], "dopri5", rtol=tol, atol=tol)
-        # local error control bounds the global error up to a modest factor (measured ~3)
-        scaled = (sol.x - truth).abs() / (tol + tol * truth.abs())
-        assert float(scaled.max()) < 10
+        # Local error control bounds the global error only up to the problem's amplification of
+        # local errors: measured max |error| / (tol + tol |y|) over tol 1e-4..1e-8 is 1.6-2.6
+        # (linear) and 0.52-4.8 (riccati, whose solution's sensitivity to its state grows to
+        # 1 / (1 - 0.8)^2 = 25 near the blow-up). Bounds: 1.25x the largest measured factor, and
+        # a floor of 0.2 so that a controller taking needlessly small steps fails too.
+        scaled = float(((sol.x - truth).abs() / (tol + tol * truth.abs())).max())
+        assert 0.2 < scaled < {"linear": 3.3, "riccati": 6.0}[problem], (tol, scaled)
         nfes.append(sol.nfe)
     assert nfes[0] < nfes[1] < nfes[2]
 
@@ -147,9 +151,11 @@ def test_dopri5_dense_output_is_free_and_accurate() -> None:
     assert dense.nfe == final.nfe
     assert torch.equal(dense.x, final.x)
     assert dense.xs is not None and dense.xs.shape == (41, *Y0.shape)
+    # measured at most 1.85 x tol at the 41 times (2.4 at tol 1e-5): the 4th-order interpolant
+    # adds nothing visible to the steps' own error
     for t, x in zip(times.tolist(), dense.xs):
         truth = linear_tv_exact(Y0, t)
-        assert float(((x - truth).abs() / (tol + tol * truth.abs())).max()) < 10
+        assert float(((x - truth).abs() / (tol + tol * truth.abs())).max()) < 2.5
 
 
 def test_dopri5_interpolant_has_local_order_five() -> None:
@@ -388,14 +394,30 @@ def test_ode_solvers_on_any_event_shape(name: str, shape: tuple[int, ...]) -> No
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("name", SDE_SOLVERS)
 def test_sde_solvers_on_any_event_shape(name: str, shape: tuple[int, ...]) -> None:
-    # diffusion as a (B, 1, ..., 1) tensor depending on x: the general (non-additive) path
+    """dX = -X dt + s dW with s returned as a (B, 1, ..., 1) tensor by a function of (x, t), so
+    the general (not additive-noise) scheme runs and broadcasts it. With s constant in value
+    each scheme is the linear recursion X' = a X + b s dW, dW ~ N(0, h), whose law after n steps
+    is exact: N(a^n x0, (b s)^2 h (1 - a^2n) / (1 - a^2)), with a = 1 - h, b = 1 (EM) and
+    a = 1 - h + h^2 / 2, b = 1 - h / 2 (Heun). A KS test and 5-standard-error moments on all
+    coordinates check the shape handling, that the noise was applied, and its scale."""
+    s, steps, n = 0.5, 10, 200
+    h = 1 / steps
+
     def sigma(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return 0.1 * x.flatten(1).norm(dim=1).reshape(-1, *[1] * len(shape)).tanh()
+        return torch.full((x.shape[0], *[1] * len(shape)), s, dtype=x.dtype)
 
     sde = FunctionSDE(lambda x, t: -x, sigma)
-    x0 = torch.randn(4, *shape, generator=torch.Generator().manual_seed(0))
-    sol = simulate(sde, x0, time_grid(10), name, generator=torch.Generator().manual_seed(1))
-    assert sol.x.shape == x0.shape and bool(torch.isfinite(sol.x).all())
+    assert not sde.additive_noise
+    x0 = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0), dtype=F64)
+    grid = time_grid(steps, dtype=F64)
+    sol = simulate(sde, x0, grid, name, generator=torch.Generator().manual_seed(1))
+    assert sol.x.shape == x0.shape
+    a, b = {"euler_maruyama": (1 - h, 1.0), "stochastic_heun": (1 - h + h * h / 2, 1 - h / 2)}[name]
+    std = b * s * math.sqrt(h * (1 - a ** (2 * steps)) / (1 - a * a))
+    z = ((sol.x - a**steps * x0) / std).flatten()
+    assert abs(float(z.mean())) < 5 / math.sqrt(z.numel())
+    assert abs(float(z.var()) - 1) < 5 * math.sqrt(2 / z.numel())
+    assert stats.kstest(z.numpy(), "norm").pvalue > 1e-3
 
 
 # ---------------------------------------------------------------- time grids and registry
@@ -482,6 +504,28 @@ class BadDiffusion(SDE):
         return torch.ones(x.shape[0], 7)
 
 
+class LateWrongShape(ODE):
+    """The right shape until t = 0.5, then (1, *shape), which would broadcast into the state
+    silently: the shape must be checked at every call, not only the first."""
+
+    def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -x if float(t[0]) <= 0.5 else -x[:1]
+
+
+class LateBadDiffusion(BadDiffusion):
+    """A scalar diffusion until t = 0.5, then a (B, 7) tensor."""
+
+    def diffusion(self, x: torch.Tensor, t: torch.Tensor) -> float | torch.Tensor:
+        return 0.1 if float(t[0]) <= 0.5 else super().diffusion(x, t)
+
+
+class NaNDiffusion(BadDiffusion):
+    """A finite drift and a diffusion that turns NaN after t = 0.5."""
+
+    def diffusion(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.where(t[:, None] > 0.5, math.nan, 0.1)
+
+
 X0 = torch.zeros(3, 2)
 GRID = time_grid(10)
 
@@ -521,7 +565,38 @@ GRID = time_grid(10)
         ),
         ((lambda x, t: -x, X0, GRID), {}, TypeError, "wrap a function f"),
         ((WrongShape(), X0, GRID), {}, ValueError, r"shape of x \(3, 2\), got \(3, 1\)"),
-        ((BlowsUp(), X0 + 1, GRID), {}, ValueError, r"non-finite .* step 7 of 10 \(t=0.7"),
+        (
+            (BlowsUp(), X0 + 1, GRID),
+            {},
+            ValueError,
+            r"non-finite .* step 7 of 10 \(t=0.7, solver 'euler'\): the drift is non-finite at "
+            r"the last finite state \(t=0.6\)",
+        ),
+        (
+            (NaNDiffusion(), X0 + 1, GRID, "euler_maruyama"),
+            {},
+            ValueError,
+            r"step 7 of 10 .*: the diffusion is non-finite at the last finite state \(t=0.6\)",
+        ),
+        (
+            (LinearODE(1e5), X0 + 1, GRID, "rk4"),
+            {},
+            ValueError,
+            r"step 3 of 10 .*: the drift is finite at the last finite state \(t=0.2\), so the "
+            "step itself overflowed",
+        ),
+        (
+            (LateWrongShape(), X0, GRID),
+            {},
+            ValueError,
+            r"shape of x \(3, 2\), got \(1, 2\) \(t=0.6, drift call 7\)",
+        ),
+        (
+            (LateBadDiffusion(), X0, GRID, "stochastic_heun"),
+            {},
+            ValueError,
+            r"broadcastable to x \(3, 2\), got shape \(3, 7\) \(t=0.6",
+        ),
         (
             (BadDiffusion(), X0, GRID, "euler_maruyama"),
             {},
@@ -539,11 +614,13 @@ GRID = time_grid(10)
             ValueError,
             r"save must be strictly increasing .* save\[1\]=0.2",
         ),
-        ((LinearODE(), X0, GRID, "dopri5"), {"rtol": 0.0}, ValueError, "rtol must be a finite"),
-        ((LinearODE(), X0, GRID, "dopri5"), {"atol": -1.0}, ValueError, "atol must be a finite"),
+        ((LinearODE(), X0, GRID, "dopri5"), {"rtol": 0.0}, ValueError, r"rtol must be .* \(0, inf"),
+        ((LinearODE(), X0, GRID, "dopri5"), {"atol": -1.0}, ValueError, "atol must be a number in"),
+        ((LinearODE(), X0, GRID), {"rtol": math.inf}, ValueError, "rtol must be a number in"),
+        ((LinearODE(), X0, GRID), {"atol": "1e-5"}, TypeError, "atol must be a number"),
         ((LinearODE(), X0, GRID), {"grad": 1}, TypeError, "grad must be a bool"),
         ((LinearODE(), X0, GRID), {"generator": 0}, TypeError, "generator must be a torch"),
-        ((LinearODE(), X0, GRID), {"max_steps": 0}, ValueError, "max_steps must be a positive"),
+        ((LinearODE(), X0, GRID), {"max_steps": 0}, ValueError, "max_steps must be an integer"),
         ((LinearODE(), X0, GRID), {"brownian": torch.zeros(11, 3, 2)}, ValueError, "only used by"),
         (
             (OrnsteinUhlenbeck(), X0, GRID, "euler_maruyama"),

@@ -19,6 +19,7 @@ __all__ = [
     "check_finite",
     "check_name",
     "check_positive",
+    "check_real",
     "check_shape",
     "check_tensor",
     "closest_name_hint",
@@ -160,6 +161,16 @@ def check_name(name: object, choices: Iterable[str], what: str) -> str:
         hint = closest_name_hint(name, options)
         raise ValueError(f"unknown {what} {name!r}{hint} (choose from {', '.join(options)})")
     return name
+
+
+def check_real(value: object, name: str) -> float:
+    """Return ``value`` as a float if it is a finite real number (an int or float, not a bool):
+    a ``TypeError`` for anything else, a ``ValueError`` for NaN or an infinity."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def check_positive(value: object, name: str, *, below: float = math.inf) -> float:

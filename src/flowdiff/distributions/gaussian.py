@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from flowdiff.utils import check_tensor, randn, shape_tuple, sum_event
+from flowdiff.utils import check_positive, check_tensor, positive_int, randn, shape_tuple, sum_event
 
 __all__ = ["Gaussian", "IsotropicGaussian"]
 
@@ -30,9 +30,7 @@ class IsotropicGaussian:
         self, event_shape: int | Sequence[int], mean: float | Tensor = 0.0, std: float = 1.0
     ) -> None:
         self.event_shape = shape_tuple(event_shape, "event_shape")
-        if not (isinstance(std, (int, float)) and std > 0 and math.isfinite(std)):
-            raise ValueError(f"std must be a positive finite number, got {std!r}")
-        self.std = float(std)
+        self.std = check_positive(std, "std")
         self.mean = torch.as_tensor(mean, dtype=torch.get_default_dtype())
         try:
             torch.broadcast_shapes(self.mean.shape, self.event_shape)
@@ -64,8 +62,13 @@ class IsotropicGaussian:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> Tensor:
-        """Draw ``n`` samples, shape ``(n, *event_shape)``."""
-        z = randn((n, *self.event_shape), generator=generator, device=device, dtype=dtype)
+        """Draw ``n`` samples (an int >= 1), shape ``(n, *event_shape)``."""
+        z = randn(
+            (positive_int(n, "n"), *self.event_shape),
+            generator=generator,
+            device=device,
+            dtype=dtype,
+        )
         return self.mean.to(z) + self.std * z
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -120,8 +123,8 @@ class Gaussian:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> Tensor:
-        """Draw ``n`` samples ``mean + L z``, shape ``(n, D)``."""
-        z = randn((n, self.dim), generator=generator, device=device, dtype=dtype)
+        """Draw ``n`` samples ``mean + L z`` (``n`` an int >= 1), shape ``(n, D)``."""
+        z = randn((positive_int(n, "n"), self.dim), generator=generator, device=device, dtype=dtype)
         return self.mean.to(z) + z @ self.chol.to(z).T
 
     def _whiten(self, x: Tensor) -> Tensor:

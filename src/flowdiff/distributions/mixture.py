@@ -12,7 +12,14 @@ import math
 import torch
 from torch import Tensor
 
-from flowdiff.utils import check_tensor, randn
+from flowdiff.utils import (
+    check_finite,
+    check_positive,
+    check_real,
+    check_tensor,
+    positive_int,
+    randn,
+)
 
 __all__ = ["GaussianMixture"]
 
@@ -36,14 +43,17 @@ class GaussianMixture:
         means = torch.as_tensor(means, dtype=torch.get_default_dtype())
         if means.dim() != 2:
             raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
+        check_finite(means, "means")
         k, d = means.shape
-        covs = torch.as_tensor(covs, dtype=means.dtype)
+        covs = check_finite(torch.as_tensor(covs, dtype=means.dtype), "covs")
         if covs.dim() <= 1:
             variances = covs.expand(k) if covs.dim() == 0 else covs
             if variances.shape != (k,):
                 raise ValueError(f"isotropic covs must have shape ({k},), got {tuple(covs.shape)}")
             if not (variances > 0).all():
-                raise ValueError("isotropic variances must be positive")
+                raise ValueError(
+                    f"isotropic covs are variances and must be positive, got {variances.tolist()}"
+                )
             covs = variances[:, None, None] * torch.eye(d, dtype=means.dtype)
         if tuple(covs.shape) != (k, d, d):
             raise ValueError(f"covs must have shape ({k}, {d}, {d}), got {tuple(covs.shape)}")
@@ -53,7 +63,8 @@ class GaussianMixture:
         if weights is None:
             weights = torch.full((k,), 1.0 / k, dtype=means.dtype)
         weights = torch.as_tensor(weights, dtype=means.dtype)
-        if weights.shape != (k,) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+        # NaN fails every comparison, so a non-finite weight is caught by the sum test
+        if weights.shape != (k,) or bool((weights < 0).any()) or not float(weights.sum()) > 0:
             raise ValueError(f"weights must be ({k},) non-negative with a positive sum")
         self.means, self.covs, self.chol = means, covs, chol
         self.weights = weights / weights.sum()
@@ -64,9 +75,15 @@ class GaussianMixture:
     def symmetric_2d(
         cls, n_modes: int = 8, radius: float = 4.0, std: float = 0.5, *, angle: float = 0.0
     ) -> GaussianMixture:
-        """Equal-weight isotropic modes evenly spaced on a circle (the course's 'symmetric' toy)."""
-        if n_modes < 1:
-            raise ValueError(f"n_modes must be >= 1, got {n_modes}")
+        """Equal-weight isotropic modes evenly spaced on a circle (the course's 'symmetric' toy).
+
+        Args:
+            n_modes: number of modes, an int >= 1. radius: finite circle radius.
+            std: positive finite standard deviation of every mode. angle: of the first mode.
+        """
+        n_modes = positive_int(n_modes, "n_modes")
+        radius, angle = check_real(radius, "radius"), check_real(angle, "angle")
+        std = check_positive(std, "std")
         theta = angle + 2 * math.pi * torch.arange(n_modes, dtype=torch.float64) / n_modes
         means = radius * torch.stack([theta.cos(), theta.sin()], dim=1)
         return cls(means.to(torch.get_default_dtype()), std**2)
@@ -80,9 +97,14 @@ class GaussianMixture:
         *,
         generator: torch.Generator | None = None,
     ) -> GaussianMixture:
-        """Isotropic modes, means uniform in ``[-scale, scale]^2`` (the course's 'random' toy)."""
-        if n_modes < 1:
-            raise ValueError(f"n_modes must be >= 1, got {n_modes}")
+        """Isotropic modes, means uniform in ``[-scale, scale]^2`` (the course's 'random' toy).
+
+        Args:
+            n_modes: number of modes, an int >= 1. scale: positive finite half-width of the box.
+            std: positive finite standard deviation of every mode. generator: draws the means.
+        """
+        n_modes = positive_int(n_modes, "n_modes")
+        scale, std = check_positive(scale, "scale"), check_positive(std, "std")
         u = torch.rand((n_modes, 2), generator=generator, dtype=torch.float64)
         means = (2 * u - 1) * scale
         return cls(means.to(torch.get_default_dtype()), std**2)
@@ -118,7 +140,10 @@ class GaussianMixture:
         dtype: torch.dtype | None = None,
         return_labels: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Draw ``n`` samples ``(n, D)``; with ``return_labels`` also the component ``(n,)``."""
+        """Draw ``n`` samples ``(n, D)``; with ``return_labels`` also the component ``(n,)``.
+
+        ``n`` must be an int >= 1."""
+        positive_int(n, "n")
         gen_device = generator.device if generator is not None else torch.device("cpu")
         labels = torch.multinomial(
             self.weights.to(gen_device), n, replacement=True, generator=generator

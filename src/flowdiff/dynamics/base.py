@@ -13,12 +13,13 @@ noise: coordinate ``i`` is driven by its own Brownian motion ``W^i``, scaled by 
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from torch import Tensor
+
+from flowdiff.utils import check_real
 
 __all__ = ["ODE", "SDE", "FunctionSDE", "VectorFieldODE"]
 
@@ -112,8 +113,7 @@ class FunctionSDE(SDE):
 
 def _check_sigma(sigma: object, name: str) -> float:
     """A diffusion coefficient: a finite number ``>= 0``."""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-        raise TypeError(f"{name} must be a number (or a function of (x, t)), got {sigma!r}")
-    if not (math.isfinite(sigma) and sigma >= 0):
+    value = check_real(sigma, name)
+    if value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {sigma!r}")
-    return float(sigma)
+    return value

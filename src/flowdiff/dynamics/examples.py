@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -18,15 +19,9 @@ import torch
 from torch import Tensor
 
 from flowdiff.dynamics.base import ODE, SDE, _check_sigma
-from flowdiff.utils import as_batch_time, check_tensor, expand_like
+from flowdiff.utils import as_batch_time, check_real, check_tensor, expand_like
 
 __all__ = ["BrownianMotion", "LangevinDynamics", "LinearODE", "OrnsteinUhlenbeck"]
-
-
-def _check_real(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
 
 
 def _as_time(t: float | Tensor) -> Tensor:
@@ -44,7 +39,7 @@ class LinearODE(ODE):
     """
 
     def __init__(self, theta: float = 1.0) -> None:
-        self.theta = _check_real(theta, "theta")
+        self.theta = check_real(theta, "theta")
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         return x.mul(-self.theta)
@@ -123,6 +118,24 @@ class BrownianMotion(SDE):
         return self.sigma**2 * _as_time(t)
 
 
+def _check_takes_x_only(score: Callable[..., Tensor], what: str) -> None:
+    """Raise a ``TypeError`` now, rather than at the first drift call, if ``score`` cannot be
+    called as ``score(x)`` (e.g. the oracle's ``score(x, t)``)."""
+    try:
+        signature = inspect.signature(score)
+    except (TypeError, ValueError):  # builtins and C callables expose no signature
+        return
+    try:
+        signature.bind(None)
+    except TypeError as err:
+        params = ", ".join(signature.parameters)
+        raise TypeError(
+            f"LangevinDynamics calls score(x) with x alone, but {what}({params}) cannot be "
+            f"called that way ({err}); for a time-dependent score fix t, e.g. "
+            "lambda x: oracle.score(x, 1.0)"
+        ) from None
+
+
 class LangevinDynamics(SDE):
     """Overdamped Langevin dynamics ``dX_t = 1/2 sigma^2 grad log p(X_t) dt + sigma dW_t``.
 
@@ -133,7 +146,10 @@ class LangevinDynamics(SDE):
 
     Args:
         target: a density with a ``score(x)`` method (``flowdiff.distributions``) or a score
-            function ``score(x (B, *shape)) -> (B, *shape)``.
+            function ``score(x (B, *shape)) -> (B, *shape)``. The score takes ``x`` alone: the
+            target is a fixed density, so a time-dependent score such as
+            ``GaussianMixtureOracle.score(x, t)`` is rejected with a ``TypeError`` (pass
+            ``lambda x: oracle.score(x, t)`` to sample ``p_t`` at a fixed ``t``).
         sigma: noise scale, ``> 0`` (``sqrt(2)`` gives the usual ``dX = grad log p dt + sqrt(2)
             dW``).
     """
@@ -144,13 +160,16 @@ class LangevinDynamics(SDE):
         score = getattr(target, "score", None)
         if callable(score):
             self.score: Callable[[Tensor], Tensor] = score
+            what = f"{type(target).__name__}.score"
         elif callable(target):
             self.score = target  # type: ignore[assignment]
+            what = "the score function"
         else:
             raise TypeError(
                 "target must be a density with a .score(x) method or a score function, "
                 f"got {type(target).__name__}"
             )
+        _check_takes_x_only(self.score, what)
         self.sigma = _check_sigma(sigma, "sigma")
         if self.sigma == 0:
             raise ValueError("sigma must be > 0 for Langevin dynamics (sigma=0 is gradient ascent)")

@@ -22,9 +22,19 @@ Each minimiser is the posterior mean of its target given ``x_t``, i.e. the *marg
 (the marginal field, score, ...), which is why the losses train a sampler. :meth:`velocity` and
 :meth:`score` convert the network output for the samplers via ``path.convert``.
 
-Weightings ``lambda(t)``: ``"none"`` (1) and ``"beta_squared"`` (``beta_t^2``, Song et al.
-2021's ``lambda ~ 1 / E||grad log p_t(x | x1)||^2``), or any function ``t (B,) -> (B,)``.
-With ``beta_squared``, denoising score matching equals noise prediction with ``eps = -beta s``.
+Weightings ``lambda(t)`` (any path with a schedule), or any function ``t (B,) -> (B,)``:
+
+- ``"none"``: 1.
+- ``"beta_squared"``: ``beta_t^2``, Song et al. (2021)'s ``lambda ~ 1 / E||grad log p_t(x |
+  x1)||^2``. With it, denoising score matching equals noise prediction with ``eps = -beta s``.
+- ``"likelihood"``: ``g_t^2`` (:meth:`flowdiff.paths.Schedule.diffusion_squared`), the squared
+  diffusion of the path's forward SDE (Song, Durkan, Murray & Ermon 2021, "Maximum likelihood
+  training of score-based diffusion models"). For a score network, ``1/2 E_t[D loss]`` with
+  ``t ~ U[0, 1]`` and ``D`` the event size then bounds ``KL(p_data || p_model) + const``: if the
+  net is the exact score path of a density ``q`` pushed along the same path, the excess over the
+  true score's loss is exactly ``KL(p_1 || q_1) - KL(p_0 || q_0)``. It is unbounded at t=0 when
+  ``alpha_0 = 0`` (``2 (1 - t) / t`` for the linear schedule): pair it with a time sampler that
+  keeps away from 0 (or with ``vp``, whose ``alpha_0 > 0``).
 """
 
 from __future__ import annotations
@@ -61,7 +71,7 @@ __all__ = [
 ]
 
 _OBJECTIVES: dict[str, type[Objective]] = {}
-_WEIGHTINGS = ("none", "beta_squared")
+_WEIGHTINGS = ("none", "beta_squared", "likelihood")
 Weighting = Callable[[Tensor], Tensor]
 
 
@@ -75,7 +85,8 @@ class Objective(abc.ABC):
         coupling: ``None`` (pairs as given), a coupling name (``independent``, ``ot``,
             ``sinkhorn``), a config dict such as ``{"name": "sinkhorn", "reg": 0.1}``, or a
             callable ``(x0, x1, y, *, generator) -> (x0, x1, y)``.
-        weighting: ``"none"``, ``"beta_squared"`` or a function ``t (B,) -> (B,)``.
+        weighting: ``"none"``, ``"beta_squared"``, ``"likelihood"`` (module notes) or a function
+            ``t (B,) -> (B,)``.
     """
 
     name: ClassVar[str] = ""
@@ -117,9 +128,9 @@ class Objective(abc.ABC):
         self.weighting = self.default_weighting if weighting is None else weighting
         if isinstance(self.weighting, str):
             check_name(self.weighting, _WEIGHTINGS, "weighting")
-            if self.weighting == "beta_squared" and not isinstance(path, AffinePath):
+            if self.weighting != "none" and not isinstance(path, AffinePath):
                 raise ValueError(
-                    f"weighting 'beta_squared' needs a path with a schedule, got {path!r}"
+                    f"weighting {self.weighting!r} needs a path with a schedule, got {path!r}"
                 )
         elif not callable(self.weighting):
             raise TypeError(f"weighting must be a name or a function of t, got {weighting!r}")
@@ -135,6 +146,8 @@ class Objective(abc.ABC):
             return torch.ones_like(t)
         if self.weighting == "beta_squared":
             return self.path.schedule(t).beta ** 2  # type: ignore[attr-defined]
+        if self.weighting == "likelihood":
+            return self.path.schedule.diffusion_squared(t)  # type: ignore[attr-defined]
         weight = self.weighting(t)  # type: ignore[operator]
         if not isinstance(weight, Tensor) or weight.shape != t.shape:
             raise ValueError(f"weighting(t) must return a {tuple(t.shape)} tensor, got {weight!r}")

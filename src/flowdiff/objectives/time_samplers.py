@@ -9,13 +9,12 @@ hardest; it never returns the endpoints exactly.
 from __future__ import annotations
 
 import abc
-import math
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from flowdiff.utils import check_name, check_positive, randn
+from flowdiff.utils import check_name, check_positive, check_real, positive_int, randn
 
 __all__ = ["LogitNormalTime", "TimeSampler", "UniformTime", "get_time_sampler"]
 
@@ -49,8 +48,7 @@ class TimeSampler(abc.ABC):
         dtype: torch.dtype | None = None,
     ) -> Tensor:
         """``(n,)`` times, drawn with ``generator`` and moved to ``device``."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        positive_int(n, "n")
         t = self._draw(n, generator, dtype or torch.get_default_dtype())
         return t.to(device) if device is not None else t
 
@@ -70,10 +68,9 @@ class UniformTime(TimeSampler):
     name = "uniform"
 
     def __init__(self, t_min: float = 0.0, t_max: float = 1.0) -> None:
-        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (t_min, t_max))
-        if not (ok and 0.0 <= t_min < t_max <= 1.0):
+        self.t_min, self.t_max = check_real(t_min, "t_min"), check_real(t_max, "t_max")
+        if not 0.0 <= self.t_min < self.t_max <= 1.0:
             raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min!r}, t_max={t_max!r}")
-        self.t_min, self.t_max = float(t_min), float(t_max)
 
     def _params(self) -> dict[str, Any]:
         return {"t_min": self.t_min, "t_max": self.t_max}
@@ -90,9 +87,7 @@ class LogitNormalTime(TimeSampler):
     name = "logit_normal"
 
     def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:
-        if isinstance(mean, bool) or not (isinstance(mean, (int, float)) and math.isfinite(mean)):
-            raise ValueError(f"mean must be a finite number, got {mean!r}")
-        self.mean, self.std = float(mean), check_positive(std, "std")
+        self.mean, self.std = check_real(mean, "mean"), check_positive(std, "std")
 
     def _params(self) -> dict[str, Any]:
         return {"mean": self.mean, "std": self.std}

@@ -29,6 +29,21 @@ information is genuinely lost at the endpoint (``x_0`` is pure noise and says no
 ``guard`` (default ``1e-4``). Conversions are therefore exact wherever ``|alpha_t|, |beta_t| >=
 guard`` and finite everywhere, but a value converted *through* a vanishing coefficient at an
 endpoint is not meaningful.
+
+**Score and velocity** (:class:`GaussianPath`). With ``eps_hat = -beta s`` the velocity is
+``u = d_alpha x1_hat - (beta d_beta) s`` and ``x = alpha x1_hat - beta^2 s``, so these two
+directions solve the system in the pair ``(x1_hat, s)`` instead, with the schedule's closed-form
+``beta d_beta`` (``ScheduleValues.beta_d_beta``). Going through ``eps_hat`` would lose the score at
+t=1, where ``beta = 0`` and ``d_beta`` is clamped (``sqrt``, ``vp``, ``linear_vp``): the velocity
+there is ``d_alpha x - beta_d_beta(1) s``, e.g. ``x + s / 2`` for ``sqrt``. Score -> velocity
+divides only by ``alpha`` (guarded at t=0, as above); velocity -> score divides by
+``beta^2 d_alpha - alpha beta d_beta = -beta (alpha d_beta - beta d_alpha) >= 0``, which is
+positive at t=1 for those three schedules (the score is recoverable) and 0 at t=1 for ``linear``,
+``cosine`` and ``polynomial``, whose velocity at t=1 does not depend on the score at all.
+
+``epsilon -> velocity`` at t=1 multiplies by the clamped ``d_beta`` for those three schedules: an
+epsilon prediction vanishes there and no longer carries the score, so that value is finite but
+not the limit ``t -> 1`` (predict the score or the velocity to evaluate a field at t=1).
 """
 
 from __future__ import annotations
@@ -85,7 +100,7 @@ class AffinePath(ProbabilityPath):
         t = as_batch_time(t, like.shape[0], device=like.device, dtype=like.dtype)
         v = self.schedule(t)
         return t, ScheduleValues(
-            *(expand_like(c, like) for c in (v.alpha, v.beta, v.d_alpha, v.d_beta))
+            *(expand_like(c, like) for c in (v.alpha, v.beta, v.d_alpha, v.d_beta, v.beta_d_beta))
         )
 
     def sample(
@@ -188,6 +203,14 @@ class GaussianPath(AffinePath):
     def _convert(
         self, value: Tensor, x: Tensor, c: ScheduleValues, source: str, target: str
     ) -> Tensor:
+        # score <-> velocity in the pair (x1_hat, s): [[alpha, -beta^2], [d_alpha, -beta d_beta]]
+        # (module notes), exact at t=1 where the pair (x1_hat, eps_hat) loses the score.
+        if (source, target) == ("score", "velocity"):
+            x1_hat = (x + c.beta**2 * value) / self._guarded(c.alpha)
+            return c.d_alpha * x1_hat - c.beta_d_beta * value
+        if (source, target) == ("velocity", "score"):
+            det = self._guarded(c.beta**2 * c.d_alpha - c.alpha * c.beta_d_beta)
+            return (c.alpha * value - c.d_alpha * x) / det
         if source == "score":
             # Tweedie: E[x0 | x_t] = -beta_t grad log p_t(x_t), no division needed.
             value, source = -c.beta * value, "epsilon"

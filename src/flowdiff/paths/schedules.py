@@ -13,8 +13,14 @@ Samplers that work in signal-to-noise ratio (DDIM-style or Karras grids) use
 Endpoint behaviour: for the schedules whose ``beta_t`` has a vertical tangent at t=1 (``sqrt``,
 ``vp``, ``linear_vp``: ``beta_t ~ c * sqrt(1 - t)``), ``d_beta -> -inf``; there the vanishing
 quantity under the square root is clamped at the dtype's machine epsilon, so ``d_beta`` is finite
-(about ``-3e7`` in float64, ``-1.5e3`` in float32) and samplers never see an ``inf``. Such
-schedules are best integrated up to ``1 - delta`` or with solvers that do not evaluate at t=1.
+(about ``-3e7`` in float64, ``-1.5e3`` in float32) and samplers never see an ``inf``. The clamped
+value is not the limit, so nothing that has a finite limit may be formed from it: the product
+``beta_t d_beta_t = 1/2 d(beta_t^2)/dt``, through which a score enters a velocity
+(``u = d_alpha x1_hat - beta d_beta s``), tends to ``-c^2 / 2`` (``-1/2`` for ``sqrt``, ``-1`` for
+``linear_vp``, ``-beta_min / 2`` for ``vp``), while ``beta_1 * d_beta_1`` would be ``0``. Each
+schedule therefore also returns :attr:`ScheduleValues.beta_d_beta` in closed form, exact at both
+endpoints. The only other unbounded derivative is ``d_alpha = -d_beta`` of ``polynomial`` with
+``n < 1`` at t=0 (clamped the same way; there the velocity itself is infinite).
 """
 
 from __future__ import annotations
@@ -51,12 +57,19 @@ _ALIASES = {"cond_ot": "linear", "ot": "linear", "square_root": "sqrt"}
 
 @dataclass(frozen=True)
 class ScheduleValues:
-    """``alpha_t, beta_t`` and ``d alpha_t / dt, d beta_t / dt``, each shaped like ``t``."""
+    """``alpha_t, beta_t``, ``d alpha_t / dt, d beta_t / dt`` and ``beta_d_beta = beta_t d beta_t /
+    dt = 1/2 d(beta_t^2)/dt``, each shaped like ``t``.
+
+    ``beta_d_beta`` is computed in closed form, not as the product: it stays exact at t=1 where
+    ``beta_t = 0`` and ``d_beta`` is clamped (module notes). Use it wherever a velocity is formed
+    from a score.
+    """
 
     alpha: Tensor
     beta: Tensor
     d_alpha: Tensor
     d_beta: Tensor
+    beta_d_beta: Tensor
 
 
 def check_time(t: float | Tensor, name: str = "t") -> Tensor:
@@ -125,6 +138,13 @@ class Schedule(abc.ABC):
     def _evaluate(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(alpha, beta, d_alpha, d_beta)`` at a checked ``t``."""
 
+    def _beta_d_beta(self, t: Tensor, values: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+        """``beta_t d_beta_t = 1/2 d(beta_t^2)/dt`` from ``t`` and :meth:`_evaluate`'s values; the
+        product is exact wherever ``d_beta`` is bounded. Schedules whose ``d_beta`` is clamped at
+        t=1 override it with the closed form."""
+        _, beta, _, d_beta = values
+        return beta * d_beta
+
     @abc.abstractmethod
     def _t_from_log_snr(self, log_snr: Tensor) -> Tensor:
         """Closed-form inverse of :meth:`log_snr` (may leave ``[0, 1]`` for unreachable input)."""
@@ -137,8 +157,28 @@ class Schedule(abc.ABC):
     def __call__(self, t: float | Tensor) -> ScheduleValues:
         """Evaluate the schedule at ``t`` (any shape, values in ``[0, 1]``)."""
         t = check_time(t)
-        alpha, beta, d_alpha, d_beta = self._evaluate(t)
-        return ScheduleValues(alpha, beta, d_alpha, d_beta)
+        values = self._evaluate(t)
+        return ScheduleValues(*values, self._beta_d_beta(t, values))
+
+    def diffusion_squared(self, t: float | Tensor) -> Tensor:
+        """``g_t^2 = 2 beta^2 (d_alpha / alpha - d_beta / beta) = beta^2 d lambda / dt``, shaped
+        like ``t`` (``lambda`` the :meth:`log_snr`); computed as ``2 (d_alpha beta^2 / alpha -
+        beta_d_beta)``, which is exact at t=1.
+
+        ``g_t`` is the diffusion coefficient of the forward SDE ``dX = f X ds + g dW`` run from
+        data to noise (diffusion time ``s = 1 - t``, ``f = d log alpha / ds``) whose marginals
+        given ``x1`` are this path's ``N(alpha_t x1, beta_t^2 I)`` (the forward SDE of Song et al.
+        2021; for ``vp`` it is their ``beta(s) = beta_min + s (beta_max - beta_min)``). It
+        is the likelihood weighting of denoising score matching (Song, Durkan, Murray & Ermon
+        2021, "Maximum likelihood training of score-based diffusion models", Theorem 1).
+
+        It is unbounded at t=0 when ``alpha_0 = 0`` (e.g. ``2 (1 - t) / t`` for ``linear``):
+        ``alpha_t`` is clamped at machine epsilon there, so the value is finite but huge; use a
+        time sampler that stays away from 0 with it.
+        """
+        v = self(t)
+        safe_alpha = v.alpha.clamp_min(torch.finfo(v.alpha.dtype).eps)
+        return 2 * (v.d_alpha * v.beta**2 / safe_alpha - v.beta_d_beta)
 
     def log_snr(self, t: float | Tensor) -> Tensor:
         """``lambda_t = log(alpha_t^2 / beta_t^2)``, increasing from -inf (t=0) to +inf (t=1)."""
@@ -190,6 +230,9 @@ class SquareRootSchedule(Schedule):
     def _evaluate(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         beta = torch.sqrt(1 - t)
         return t, beta, torch.ones_like(t), -0.5 / torch.sqrt(_away_from_zero(1 - t))
+
+    def _beta_d_beta(self, t: Tensor, values: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+        return torch.full_like(t, -0.5)  # beta^2 = 1 - t
 
     def _t_from_log_snr(self, log_snr: Tensor) -> Tensor:
         # t^2 / (1 - t) = e^lambda; the positive root of t^2 + e^l t - e^l, written without the
@@ -261,6 +304,10 @@ class VPSchedule(Schedule):
         d_beta = -alpha * d_alpha / torch.sqrt(_away_from_zero(beta_sq))
         return alpha, torch.sqrt(beta_sq), d_alpha, d_beta
 
+    def _beta_d_beta(self, t: Tensor, values: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+        alpha, _, d_alpha, _ = values
+        return -alpha * d_alpha  # beta^2 = 1 - alpha^2; -beta_min / 2 at t=1
+
     def _t_from_log_snr(self, log_snr: Tensor) -> Tensor:
         # alpha^2 = sigmoid(lambda)  =>  T(s) = softplus(-lambda); solve the quadratic
         # a s^2 + b s - c = 0 in its cancellation-free form s = 2c / (b + sqrt(b^2 + 4ac)).
@@ -279,6 +326,9 @@ class LinearVPSchedule(Schedule):
         one_minus_sq = (1 - t) * (1 + t)  # 1 - t^2 without cancellation near t=1
         d_beta = -t / torch.sqrt(_away_from_zero(one_minus_sq))
         return t, torch.sqrt(one_minus_sq), torch.ones_like(t), d_beta
+
+    def _beta_d_beta(self, t: Tensor, values: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+        return -t  # beta^2 = 1 - t^2
 
     def _t_from_log_snr(self, log_snr: Tensor) -> Tensor:
         # t^2 / (1 - t^2) = e^lambda  =>  t^2 = sigmoid(lambda)

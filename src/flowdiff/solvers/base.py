@@ -1,12 +1,16 @@
-"""What every solver sees: the dynamics wrapped with NFE counting and first-call shape checks.
+"""What every solver sees: the dynamics wrapped with NFE counting and shape checks.
 
 Solvers call ``field.drift(x, t)`` / ``field.diffusion(x, t)`` with a Python float ``t``; the
 wrapper turns it into the ``(B,)`` time of the contract, counts network evaluations (NFE) and
-checks the first output's shape, so no solver repeats that bookkeeping.
+checks the shape of every output, so no solver repeats that bookkeeping. Checking only the first
+call is not enough: a drift returning ``(1, *shape)`` later (e.g. a branch taken at some t) would
+broadcast into the state silently. The check is one shape comparison per call (well under a
+microsecond, next to a network's milliseconds).
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -26,7 +30,7 @@ class _Field:
         self.shape = tuple(x0.shape)
         self.dtype, self.device = x0.dtype, x0.device
         self.nfe = 0
-        self._diffusion_checked = False
+        self._sigma_shape: torch.Size | None = None  # last diffusion shape that passed the check
         self.additive_noise = isinstance(dynamics, SDE) and dynamics.additive_noise
 
     def _time(self, t: float) -> Tensor:
@@ -37,25 +41,27 @@ class _Field:
     def drift(self, x: Tensor, t: float) -> Tensor:
         out = self.dynamics.drift(x, self._time(t))
         self.nfe += 1
-        if self.nfe == 1:
-            self._check_drift(out, t)
+        if not isinstance(out, Tensor) or out.shape != self.shape:
+            self._raise_bad_drift(out, t)
         return out
 
-    def _check_drift(self, out: object, t: float) -> None:
+    def _raise_bad_drift(self, out: object, t: float) -> None:
         name = f"{type(self.dynamics).__name__}.drift(x, t)"
         if not isinstance(out, Tensor):
             raise TypeError(f"{name} must return a tensor, got {type(out).__name__}")
-        if tuple(out.shape) != self.shape:
-            raise ValueError(
-                f"{name} must return the shape of x {self.shape}, got {tuple(out.shape)} (t={t:g})"
-            )
+        raise ValueError(
+            f"{name} must return the shape of x {self.shape}, got {tuple(out.shape)} "
+            f"(t={t:g}, drift call {self.nfe})"
+        )
 
     def diffusion(self, x: Tensor, t: float) -> float | Tensor:
         assert isinstance(self.dynamics, SDE)
         sigma = self.dynamics.diffusion(x, self._time(t))
-        if not self._diffusion_checked:
+        # re-checked whenever the shape differs from the last one that passed (every call)
+        if not (isinstance(sigma, Tensor) and sigma.shape == self._sigma_shape):
             self._check_diffusion(sigma, t)
-            self._diffusion_checked = True
+            if isinstance(sigma, Tensor):
+                self._sigma_shape = sigma.shape
         return sigma
 
     def _check_diffusion(self, sigma: object, t: float) -> None:
@@ -72,6 +78,30 @@ class _Field:
                 )
         elif isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
             raise TypeError(f"{name} must return a number or a tensor, got {type(sigma).__name__}")
+
+    def nonfinite_cause(self, x: Tensor, t: float) -> str:
+        """Which coefficient is non-finite at a finite state ``x`` and time ``t``, in words (for
+        the error raised when a solve turns non-finite; not counted as NFE)."""
+        time = self._time(t)
+        if not bool(torch.isfinite(self.dynamics.drift(x, time)).all()):
+            return f"the drift is non-finite at the last finite state (t={t:g})"
+        if isinstance(self.dynamics, SDE):
+            sigma = self.dynamics.diffusion(x, time)
+            finite = (
+                bool(torch.isfinite(sigma).all())
+                if isinstance(sigma, Tensor)
+                else math.isfinite(sigma)
+            )
+            if not finite:
+                return f"the diffusion is non-finite at the last finite state (t={t:g})"
+        which = (
+            "the drift and the diffusion are" if isinstance(self.dynamics, SDE) else "the drift is"
+        )
+        return (
+            f"{which} finite at the last finite state (t={t:g}), so the step itself "
+            "overflowed: the steps may be too large for the dynamics (an unstable step), or a "
+            "coefficient is non-finite at an intermediate stage"
+        )
 
 
 class Solver(ABC):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from flowdiff.utils import check_name
+from flowdiff.utils import check_name, check_real
 
 __all__ = ["GRID_KINDS", "time_grid"]
 
@@ -38,15 +36,10 @@ def time_grid(
         ``(steps + 1,)`` with ``t_0 = t0`` and ``t_steps = t1`` exactly.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        # not utils.positive_int: tests/test_models_api.py matches this wording
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     check_name(kind, GRID_KINDS, "grid kind")
-    for name, value in (("t0", t0), ("t1", t1), ("rho", rho)):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    t0, t1, rho = check_real(t0, "t0"), check_real(t1, "t1"), check_real(rho, "rho")
     if t0 == t1:
         raise ValueError(f"t0 and t1 must differ, got t0 = t1 = {t0}")
     frac = torch.arange(steps + 1, dtype=torch.float64) / steps
