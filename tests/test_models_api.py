@@ -216,7 +216,7 @@ def test_sampler_arguments_are_checked():
         model.sample(4, sigma=lambda t: float("nan"))
     with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
         model.sample(0)
-    with pytest.raises(ValueError, match="steps must be a positive int"):
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
         model.sample(4, steps=0)
     with pytest.raises(ValueError, match="t_eps must be a float in"):
         model.sample(4, t_eps=0.7)

@@ -59,7 +59,7 @@ def test_bad_input_raises(tmp_path, oracle):
         plot_marginal_field(oracle, [0.5, 1.5], tmp_path / "b.png")
     with pytest.raises(TypeError, match="oracle must be a GaussianMixtureOracle"):
         plot_conditional_vs_marginal(GaussianPath(), tmp_path / "c.png")
-    with pytest.raises(ValueError, match="n must be a positive int"):
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
         plot_conditional_vs_marginal(oracle, tmp_path / "c.png", n=0)
     with pytest.raises(ValueError, match="path must end in one of"):
         plot_marginal_field(oracle, [0.5], tmp_path / "b.txt")

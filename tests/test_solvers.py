@@ -441,8 +441,8 @@ def test_time_grids() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"steps": 0}, "steps must be a positive int"),
-        ({"steps": 2.5}, "steps must be a positive int"),
+        ({"steps": 0}, "steps must be an integer >= 1"),
+        ({"steps": 2.5}, "steps must be an integer >= 1"),
         ({"steps": 4, "kind": "karas"}, "did you mean 'karras'"),
         ({"steps": 4, "t0": 1.0, "t1": 1.0}, "t0 and t1 must differ"),
         ({"steps": 4, "t1": float("nan")}, "t1 must be a finite number"),

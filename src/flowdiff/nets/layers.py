@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from flowdiff.utils import positive_int
+
 __all__ = [
     "ACTIVATIONS",
     "LabelEmbedding",
@@ -121,9 +123,8 @@ class LabelEmbedding(nn.Module):
 
     def __init__(self, num_classes: int, dim: int) -> None:
         super().__init__()
-        for name, value in (("num_classes", num_classes), ("dim", dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        positive_int(num_classes, "num_classes")
+        positive_int(dim, "dim")
         self.num_classes = num_classes
         self.table = nn.Embedding(num_classes + 1, dim)
 

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
-import ot
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
@@ -105,6 +104,9 @@ def ot_coupling(
     _check_batch(x0, x1, y)
     check_name(method, ("exact", "sinkhorn"), "method")
     check_positive(reg, "reg")
+    # Imported here: POT loads scikit-learn (~2 s), which every `import flowdiff` would pay.
+    import ot
+
     # The plan is a discrete choice: solve it in float64 on the CPU, outside autograd.
     a = x0.detach().reshape(x0.shape[0], -1).to("cpu", torch.float64).numpy()
     b = x1.detach().reshape(x1.shape[0], -1).to("cpu", torch.float64).numpy()

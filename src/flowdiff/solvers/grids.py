@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowdiff.utils import check_name, check_real
+from flowdiff.utils import check_name, check_real, positive_int
 
 __all__ = ["GRID_KINDS", "time_grid"]
 
@@ -35,9 +35,7 @@ def time_grid(
     Returns:
         ``(steps + 1,)`` with ``t_0 = t0`` and ``t_steps = t1`` exactly.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        # not utils.positive_int: tests/test_models_api.py matches this wording
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    positive_int(steps, "steps")
     check_name(kind, GRID_KINDS, "grid kind")
     t0, t1, rho = check_real(t0, "t0"), check_real(t1, "t1"), check_real(rho, "rho")
     if t0 == t1:

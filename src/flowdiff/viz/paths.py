@@ -18,6 +18,7 @@ from torch import Tensor
 from flowdiff.paths import GaussianMixtureOracle, ProbabilityPath
 from flowdiff.paths.schedules import check_time
 from flowdiff.solvers import simulate
+from flowdiff.utils import positive_int
 from flowdiff.viz.figures import (
     as_numpy,
     as_times,
@@ -49,12 +50,6 @@ def _save(fig: Figure, out: str | os.PathLike) -> Path:
     return save_figure(fig, out)
 
 
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def plot_conditional_path(
     path: ProbabilityPath,
     x1: Tensor,
@@ -83,7 +78,7 @@ def plot_conditional_path(
         raise ValueError(f"x1 must be one 2D point of shape (2,), got {point.shape}")
     times = _path_times(ts)
     x1_batch = torch.as_tensor(point, dtype=torch.get_default_dtype()).expand(
-        _positive_int(n, "n"), 2
+        positive_int(n, "n"), 2
     )
     x0 = path.sample_x0(x1_batch, generator=generator)
     clouds = [
@@ -172,9 +167,9 @@ def plot_conditional_vs_marginal(
         raise TypeError(f"oracle must be a GaussianMixtureOracle, got {type(oracle).__name__}")
     if oracle.mixture.dim != 2:
         raise ValueError(f"the mixture must be 2D to plot, got dimension {oracle.mixture.dim}")
-    x1 = oracle.mixture.sample(_positive_int(n, "n"), generator=generator)
+    x1 = oracle.mixture.sample(positive_int(n, "n"), generator=generator)
     x0 = oracle.path.sample_x0(x1, generator=generator)
-    ts = torch.linspace(0.0, 1.0, _positive_int(steps, "steps") + 1, dtype=x1.dtype)
+    ts = torch.linspace(0.0, 1.0, positive_int(steps, "steps") + 1, dtype=x1.dtype)
     conditional = torch.stack([oracle.path.sample(x0, x1, float(t)).x_t for t in ts])
     marginal = simulate(oracle, x0, ts, solver="rk4", save="all").xs
     paths = {
