@@ -16,7 +16,7 @@ of the divergence (exact trace vs Hutchinson) by dimension.
    and the spread of the Hutchinson estimate around the exact value.
 
 With the full sizes it also writes density heatmaps ``likelihood_<data>_<model>.png`` next to
-the data into ``benchmarks/results`` (``flowdiff.viz.plot_density``).
+the data into ``out_dir`` (default ``benchmarks/results``; ``flowdiff.viz.plot_density``).
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from benchmarks.common import RESULTS_DIR, main, markdown_table, median_time
+from benchmarks.common import main, markdown_table, median_time, output_dir
 from flowdiff import nets
 from flowdiff.data import Data, load_data, sample_toy, toy_mixture
 from flowdiff.distributions import IsotropicGaussian
@@ -95,7 +96,7 @@ def true_entropy(name: str, data: Data, n: int, generator: torch.Generator) -> t
     return -float(log_p.mean()), float(log_p.std()) / math.sqrt(n)
 
 
-def nll_table(quick: bool) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+def nll_table(quick: bool, out_dir: Path) -> tuple[list[list[Any]], list[dict[str, Any]]]:
     sizes = SIZES[quick]
     rows, records = [], []
     for name in DATASETS:
@@ -137,7 +138,7 @@ def nll_table(quick: bool) -> tuple[list[list[Any]], list[dict[str, Any]]]:
                 slug = label.split(" ")[0].lower()
                 plot_density(
                     lambda z, model=model: model.log_prob(z).detach(),
-                    RESULTS_DIR / f"likelihood_{name}_{slug}.png",
+                    out_dir / f"likelihood_{name}_{slug}.png",
                     lims=(-3, 3), grid=100, data=test[:2000], title=f"{label} on {name}",
                 )  # fmt: skip
     return rows, records
@@ -167,8 +168,9 @@ def timing_table(quick: bool) -> tuple[list[list[Any]], list[dict[str, Any]]]:
     return rows, records
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    nll_rows, nll_records = nll_table(quick)
+def run(quick: bool = False, out_dir: Path | None = None) -> dict[str, Any]:
+    """Both tables; the heatmaps (full sizes only) go to ``output_dir(out_dir, quick)``."""
+    nll_rows, nll_records = nll_table(quick, output_dir(out_dir, quick))
     time_rows, time_records = timing_table(quick)
     markdown = "\n\n".join([
         "Held-out NLL (nats, standardised 2D data; train / eval seconds on 1 thread); "

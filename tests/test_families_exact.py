@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
+from flowdiff.data import Normalizer
 from flowdiff.families import DDPM, GAN, VAE, RealNVP
 from flowdiff.families.ddpm import ddpm_betas
 from flowdiff.paths import get_schedule
@@ -377,6 +378,29 @@ def test_ddpm_elbo_is_a_bound_on_the_model_likelihood(variance, gen):
     assert float(gap.mean()) < 4 * se
     if variance == "beta":
         assert float(gap.mean()) > -0.1
+
+
+def test_bounds_are_in_data_units_and_ddpm_log_prob_is_its_elbo(gen):
+    """A recorded normalisation z = (x - m) / s makes log p_data(x) = log p_model(z) - sum log s:
+    the ELBOs of data-unit input equal those of the normalised input plus that closed-form
+    log-determinant (same noise), and DDPM's log_prob is its ELBO, a bound, as the CLI's
+    ``evaluate --nll`` reads it."""
+    normalizer = Normalizer(
+        "standard", mean=torch.tensor([1.0, -2.0]), std=torch.tensor([2.0, 4.0])
+    )
+    x = normalizer.inverse(torch.randn(6, 2, generator=gen))
+    z = normalizer.forward(x)
+    ddpm = DDPM(2, num_steps=30, net={"type": "mlp", "event_shape": [2], "hidden": 8})
+    vae = VAE(2, hidden=8, depth=1)
+    for model in (ddpm, vae):
+        model.normalization = normalizer.to_dict()
+        data = model.elbo(x, generator=torch.Generator().manual_seed(5))
+        plain = model.elbo(z, generator=torch.Generator().manual_seed(5), normalize=False)
+        torch.testing.assert_close(data, plain - math.log(8.0))
+    torch.testing.assert_close(
+        ddpm.log_prob(x, generator=torch.Generator().manual_seed(5)),
+        ddpm.elbo(x, generator=torch.Generator().manual_seed(5)),
+    )
 
 
 def test_ddpm_loss_matches_the_oracle_posterior_variance(gen):

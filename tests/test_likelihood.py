@@ -222,6 +222,40 @@ def test_log_prob_of_affine_flow_matches_change_of_variables(gen):
     assert 12 < float(errors[0] / errors[1]) < 20
 
 
+def test_fixed_probes_give_the_closed_form_estimate_in_both_directions(gen):
+    """Affine field u = A x + b: with fixed probes eps_k the Hutchinson divergence is the
+    constant (1/K) sum_k eps_k^T A eps_k, so log p_1(x) = log p_0(phi_1^{-1}(x)) minus it, in
+    closed form; the same probes give the same value in every call and in the forward solve."""
+    matrix = 0.5 * torch.randn(3, 3, generator=gen, dtype=D64)
+    bias = torch.randn(3, generator=gen, dtype=D64)
+    flow = affine_flow(matrix, bias)
+    x = torch.randn(5, 3, generator=gen, dtype=D64)
+    x_init = torch.linalg.solve(flow[:3, :3], (x - flow[:3, 3]).T).T
+    p_init = IsotropicGaussian(3)
+    tight = {"p_init": p_init, "rtol": 1e-9, "atol": 1e-9, "method": "hutchinson"}
+    field = linear_field(matrix, bias)
+    for k in (1, 4):
+        eps = hutchinson_probes(x, k, "gaussian", generator=gen)
+        estimate = torch.einsum("kbi,ij,kbj->b", eps, matrix, eps) / k
+        expected = p_init.log_prob(x_init) - estimate
+        assert float((expected - (p_init.log_prob(x_init) - matrix.trace())).abs().min()) > 1e-3
+        got = likelihood.log_prob(field, x, eps=eps, **tight)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(likelihood.log_prob(field, x, eps=eps, **tight), got)
+        x1, forward = likelihood.sample_with_log_prob(field, x_init, eps=eps, **tight)
+        torch.testing.assert_close(x1, x, atol=1e-6, rtol=0)
+        torch.testing.assert_close(forward, expected, atol=1e-6, rtol=0)
+    # a single probe may come without its K axis; exact divergence takes no probes
+    torch.testing.assert_close(
+        likelihood.log_prob(field, x, eps=eps[0], **tight),
+        likelihood.log_prob(field, x, eps=eps[:1], **tight),
+    )
+    with pytest.raises(ValueError, match="only used by method='hutchinson'"):
+        likelihood.log_prob(field, x, p_init=p_init, eps=eps)
+    with pytest.raises(ValueError, match=r"eps must have shape \(K, 5, 3\)"):
+        likelihood.log_prob(field, x, eps=eps[:, :2], **tight)
+
+
 def test_log_prob_of_mixture_oracle_field_is_the_mixture_density(gen):
     # the exact marginal field of a Gaussian path carries N(0, I) onto the mixture: its
     # change-of-variables density at t=1 is the mixture's, and at t=1/2 the path marginal p_t

@@ -30,10 +30,10 @@ from torch import Tensor
 from flowdiff import nets
 from flowdiff.distributions import IsotropicGaussian
 from flowdiff.dynamics import VectorFieldODE
-from flowdiff.families._common import check_choice, check_count
 from flowdiff.models import likelihood
 from flowdiff.models.base import GenerativeModel
 from flowdiff.solvers import available_solvers, simulate, time_grid
+from flowdiff.utils import check_name, positive_int
 
 __all__ = ["CNF"]
 
@@ -97,11 +97,11 @@ class CNF(GenerativeModel):
             activation=activation,
             out_shape=self.event_shape,
         )
-        self.method = check_choice(method, likelihood.DIVERGENCE_METHODS, "method")
-        self.probes = check_count(probes, "probes")
-        self.noise = check_choice(noise, likelihood.PROBE_NOISES, "noise")
-        self.solver = check_choice(solver, available_solvers(), "solver")
-        self.steps = check_count(steps, "steps")
+        self.method = check_name(method, likelihood.DIVERGENCE_METHODS, "method")
+        self.probes = positive_int(probes, "probes")
+        self.noise = check_name(noise, likelihood.PROBE_NOISES, "noise")
+        self.solver = check_name(solver, available_solvers(), "solver")
+        self.steps = positive_int(steps, "steps")
         self.p_init = IsotropicGaussian(self.event_shape)
 
     def config(self) -> dict[str, Any]:
@@ -143,7 +143,7 @@ class CNF(GenerativeModel):
         The solve uses the training ``solver``/``steps`` and divergence ``method`` (probes
         drawn from ``generator``).
         """
-        check_choice(phase, ["model"], "phase")
+        check_name(phase, ["model"], "phase")
         self.check_data(x)
         y = self.check_labels(y, x.shape[0])
         return -likelihood.log_prob(
@@ -200,6 +200,8 @@ class CNF(GenerativeModel):
         atol: float = 1e-5,
         return_log_prob: bool = False,
         method: str = "exact",
+        probes: int = 1,
+        noise: str = "rademacher",
         use_ema: bool = True,
         denormalize: bool = True,
     ) -> Tensor | tuple[Tensor, Tensor]:
@@ -212,12 +214,13 @@ class CNF(GenerativeModel):
             solver, steps, rtol, atol: the ODE solve (``steps`` for a fixed-step solver).
             return_log_prob: also return ``log p_1^theta`` of the samples ``(n,)``, from the
                 same solve (:func:`~flowdiff.models.likelihood.sample_with_log_prob`) with the
-                divergence ``method``.
+                divergence ``method`` (``"hutchinson"``: ``probes`` probes per sample of law
+                ``noise``, drawn from ``generator`` after the initial noise).
             use_ema: use the EMA weights when the model has them.
             denormalize: map the samples back to data units (:meth:`denormalize`); with
                 ``return_log_prob`` the log density is then that of data units too.
         """
-        check_count(n)
+        positive_int(n, "n")
         y = self.check_labels(y, n)
         field = self.field(y)
         weight = next(self.parameters())
@@ -233,6 +236,8 @@ class CNF(GenerativeModel):
                     rtol=rtol,
                     atol=atol,
                     method=method,
+                    probes=probes,
+                    noise=noise,
                     generator=generator,
                 )
             else:

@@ -40,10 +40,9 @@ from torch.distributions import Normal, kl_divergence
 
 from flowdiff import nets
 from flowdiff.distributions import IsotropicGaussian
-from flowdiff.families._common import check_choice, check_count
 from flowdiff.models.base import GenerativeModel
 from flowdiff.models.path_model import default_net_config
-from flowdiff.utils import event_dims, expand_like, randn, sum_event
+from flowdiff.utils import check_name, event_dims, expand_like, positive_int, randn, sum_event
 
 __all__ = ["DDPM", "ddpm_betas"]
 
@@ -69,8 +68,8 @@ def ddpm_betas(
     ``beta_k = 1 - abar_k / abar_{k-1}`` clipped at 0.999 (Nichol & Dhariwal 2021, eq. 17), so
     that the last step stays a proper Gaussian transition.
     """
-    check_count(num_steps, "num_steps")
-    check_choice(schedule, SCHEDULES, "schedule")
+    positive_int(num_steps, "num_steps")
+    check_name(schedule, SCHEDULES, "schedule")
     if schedule == "linear":
         beta_start = 1e-4 * 1000 / num_steps if beta_start is None else beta_start
         beta_end = 0.02 * 1000 / num_steps if beta_end is None else beta_end
@@ -119,7 +118,7 @@ class DDPM(GenerativeModel):
         net: nn.Module | dict[str, Any] | None = None,
     ) -> None:
         super().__init__(event_shape)
-        check_choice(variance, VARIANCES, "variance")
+        check_name(variance, VARIANCES, "variance")
         betas = ddpm_betas(num_steps, schedule, beta_start=beta_start, beta_end=beta_end)
         self.num_steps = num_steps
         self.schedule = schedule
@@ -285,7 +284,7 @@ class DDPM(GenerativeModel):
         weights when the model has them.
         ``denormalize``: map the samples back to data units (:meth:`denormalize`).
         """
-        check_count(n)
+        positive_int(n, "n")
         with self.averaged(use_ema):
             x = self.prior.sample(
                 n, generator=generator, device=self.betas.device, dtype=self.betas.dtype
@@ -307,7 +306,7 @@ class DDPM(GenerativeModel):
 
         ``k ~ U{1..K}`` and ``eps ~ N(0, I)`` per sample.
         """
-        check_choice(phase, ["model"], "phase")
+        check_name(phase, ["model"], "phase")
         self.check_data(x)
         self.check_labels(y, x.shape[0])
         k = torch.randint(
@@ -319,7 +318,12 @@ class DDPM(GenerativeModel):
 
     @torch.no_grad()
     def elbo(
-        self, x: Tensor, *, generator: torch.Generator | None = None, use_ema: bool = True
+        self,
+        x: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        use_ema: bool = True,
+        normalize: bool = True,
     ) -> Tensor:
         """Variational lower bound on ``log p(x)`` in nats (Ho eq. 5), ``(B, *event) -> (B,)``.
 
@@ -327,9 +331,12 @@ class DDPM(GenerativeModel):
         - log p(x_0|x_1)]``, each term with one draw of ``x_k ~ q(x_k | x_0)`` (unbiased). For
         continuous data the decoder ``p(x_0 | x_1) = N(mu_theta(x_1, 1), beta_1 I)`` is a density
         (Ho et al. discretise it for 8-bit images). Costs ``K`` network evaluations.
-        ``use_ema``: use the EMA weights when the model has them.
+        ``use_ema``: use the EMA weights when the model has them. ``normalize``: ``x`` is in
+        data units (mapped by :attr:`normalization`, whose log-determinant is added, so that
+        the bound is on the density of the data units, as :meth:`log_prob` is).
         """
         self.check_data(x)
+        x, log_det = self.normalize_with_log_det(x) if normalize else (x, 0.0)
         with self.averaged(use_ema):
             abar_K = self.alpha_bars[self.num_steps].to(x.dtype)
             # L_K = KL(q(x_K | x_0) || N(0, I)): no parameters, but it keeps the bound a bound.
@@ -354,4 +361,21 @@ class DDPM(GenerativeModel):
                 )
                 post_std = torch.sqrt(self._table("posterior_variances", k, x))
                 bound = bound - sum_event(kl_divergence(Normal(post_mean, post_std), p_reverse))
-            return bound
+            return bound + log_det
+
+    def log_prob(
+        self,
+        x: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        use_ema: bool = True,
+        normalize: bool = True,
+    ) -> Tensor:
+        """The variational *lower bound* :meth:`elbo` on ``log p(x)`` in nats, ``(B,)``.
+
+        DDPM has no tractable exact likelihood (its reverse chain is a latent-variable model
+        over ``x_1..x_K``), so this is the bound, in expectation ``<= log p(x)``, as for the VAE
+        and the latent flow: what ``flowdiff evaluate --nll`` reports for this family.
+        ``normalize``: ``x`` is in data units (the normaliser's log-determinant is added).
+        """
+        return self.elbo(x, generator=generator, use_ema=use_ema, normalize=normalize)

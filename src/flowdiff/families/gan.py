@@ -29,9 +29,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from flowdiff.distributions import IsotropicGaussian
-from flowdiff.families._common import check_choice, check_count
 from flowdiff.models.base import GenerativeModel
 from flowdiff.nets import mlp
+from flowdiff.utils import check_name, positive_int
 
 __all__ = ["GAN"]
 
@@ -93,9 +93,9 @@ class GAN(GenerativeModel):
         activation: str = "silu",
     ) -> None:
         super().__init__(event_shape)
-        check_count(latent_dim, "latent_dim")
-        check_choice(generator_loss, GENERATOR_LOSSES, "generator_loss")
-        check_count(discriminator_steps, "discriminator_steps")
+        positive_int(latent_dim, "latent_dim")
+        check_name(generator_loss, GENERATOR_LOSSES, "generator_loss")
+        positive_int(discriminator_steps, "discriminator_steps")
         self.dim = math.prod(self.event_shape)
         self.latent_dim = latent_dim
         self.hidden = hidden
@@ -176,7 +176,7 @@ class GAN(GenerativeModel):
         ``-log D(G(z_i))`` (non-saturating), with a fresh ``z_i`` per data point; ``x`` only sets
         the batch size there. In logits, ``log D = -softplus(-l)``, ``log(1 - D) = -softplus(l)``.
         """
-        check_choice(phase, PHASES, "phase")
+        check_name(phase, PHASES, "phase")
         self.check_data(x)
         self.check_labels(y, x.shape[0])
         if phase == "discriminator":
@@ -204,7 +204,7 @@ class GAN(GenerativeModel):
         ``use_ema``: use the EMA weights of the generator when the model has them.
         ``denormalize``: map the samples back to data units (:meth:`denormalize`).
         """
-        check_count(n)
+        positive_int(n, "n")
         with self.averaged(use_ema):
             x = self._generate(n, generator)
         return self.denormalize(x) if denormalize else x

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from flowdiff.families._common import check_choice, check_count
 from flowdiff.families.vae import VAE
 from flowdiff.models import FlowModel
 from flowdiff.models.base import GenerativeModel, model_class
+from flowdiff.utils import check_name, positive_int
 
 __all__ = ["LatentFlow"]
 
@@ -142,7 +142,7 @@ class LatentFlow(GenerativeModel):
     ) -> Tensor:
         """Per-sample loss ``(B,)``: the VAE's negative ELBO (``"vae"``) or the latent model's
         loss on ``z ~ q(z | x)`` (``"flow"``)."""
-        check_choice(phase, ["vae", "flow"], "phase")
+        check_name(phase, ["vae", "flow"], "phase")
         self.check_data(x)
         self.check_labels(y, x.shape[0])
         if phase == "vae":
@@ -187,7 +187,7 @@ class LatentFlow(GenerativeModel):
             denormalize: map the samples back to data units (:meth:`denormalize`).
             flow_options: passed to the latent model's ``sample`` (``steps``, ``solver``...).
         """
-        check_count(n)
+        positive_int(n, "n")
         with self.averaged(use_ema):
             z = self.flow.sample(n, generator=generator, **flow_options)
             x = self.vae.draw(z, mean=mean, generator=generator)

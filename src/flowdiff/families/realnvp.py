@@ -26,9 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from flowdiff.distributions import IsotropicGaussian
-from flowdiff.families._common import check_choice, check_count
 from flowdiff.models.base import GenerativeModel
 from flowdiff.nets import mlp
+from flowdiff.utils import check_name, positive_int
 
 __all__ = ["RealNVP"]
 
@@ -66,7 +66,7 @@ class RealNVP(GenerativeModel):
                 f"event_shape must hold at least 2 coordinates for a coupling flow, "
                 f"got {self.event_shape}"
             )
-        check_count(n_layers, "n_layers")
+        positive_int(n_layers, "n_layers")
         if not (isinstance(scale_bound, (int, float)) and 0 < scale_bound < math.inf):
             raise ValueError(f"scale_bound must be a positive finite number, got {scale_bound!r}")
         self.n_layers = n_layers
@@ -173,7 +173,7 @@ class RealNVP(GenerativeModel):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Maximum likelihood: the per-sample negative log-likelihood ``-log p(x)``, ``(B,)``."""
-        check_choice(phase, ["model"], "phase")
+        check_name(phase, ["model"], "phase")
         self.check_labels(y, x.shape[0])
         return -self._log_prob(x)
 
@@ -191,7 +191,7 @@ class RealNVP(GenerativeModel):
         ``use_ema``: use the EMA weights when the model has them.
         ``denormalize``: map the samples back to data units (:meth:`denormalize`).
         """
-        check_count(n)
+        positive_int(n, "n")
         with self.averaged(use_ema):
             z = self.base.sample(
                 n, generator=generator, device=self.masks.device, dtype=self.masks.dtype

@@ -32,10 +32,9 @@ from torch.distributions import Normal
 from torch.nn import functional as F
 
 from flowdiff.distributions import IsotropicGaussian
-from flowdiff.families._common import check_choice, check_count
 from flowdiff.models.base import GenerativeModel
 from flowdiff.nets import mlp
-from flowdiff.utils import check_tensor, randn
+from flowdiff.utils import check_name, check_tensor, positive_int, randn
 
 __all__ = ["VAE"]
 
@@ -75,8 +74,8 @@ class VAE(GenerativeModel):
         activation: str = "silu",
     ) -> None:
         super().__init__(event_shape)
-        check_count(latent_dim, "latent_dim")
-        check_choice(likelihood, LIKELIHOODS, "likelihood")
+        positive_int(latent_dim, "latent_dim")
+        check_name(likelihood, LIKELIHOODS, "likelihood")
         if decoder_std is not None:
             if likelihood != "gaussian":
                 raise ValueError(
@@ -190,15 +189,23 @@ class VAE(GenerativeModel):
         return recon - self.prior_kl(mu, logvar)
 
     def elbo(
-        self, x: Tensor, *, generator: torch.Generator | None = None, use_ema: bool = True
+        self,
+        x: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        use_ema: bool = True,
+        normalize: bool = True,
     ) -> Tensor:
         """One-sample estimate of the ELBO (K&W eq. 3) in nats, ``(B, *event_shape) -> (B,)``.
 
         Unbiased for ``E_q[log p(x | z)] - KL(q(z | x) || N(0, I))``, a lower bound on
-        ``log p(x)``. ``use_ema``: use the EMA weights when the model has them.
+        ``log p(x)``. ``use_ema``: use the EMA weights when the model has them. ``normalize``:
+        ``x`` is in data units (mapped by :attr:`normalization`, whose log-determinant is
+        added), as in :meth:`log_prob`.
         """
+        x, log_det = self.normalize_with_log_det(x) if normalize else (x, 0.0)
         with self.averaged(use_ema):
-            return self._elbo(x, generator)
+            return self._elbo(x, generator) + log_det
 
     def importance_weighted_bound(
         self,
@@ -220,7 +227,7 @@ class VAE(GenerativeModel):
                 VAE's ``N(0, I)``. Another density (a flow on the latents) gives the bound of
                 that latent-variable model.
         """
-        check_count(n_samples, "n_samples")
+        positive_int(n_samples, "n_samples")
         mu, logvar = self.encode(self._check_input(x))
         z = self.reparameterize(mu, logvar, n_samples=n_samples, generator=generator)  # (K, B, L)
         log_q = Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(dim=-1)  # (K, B)
@@ -261,7 +268,7 @@ class VAE(GenerativeModel):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Negative ELBO per sample, ``(B,)``."""
-        check_choice(phase, ["model"], "phase")
+        check_name(phase, ["model"], "phase")
         self.check_labels(y, x.shape[0])
         return -self._elbo(x, generator)
 
@@ -298,7 +305,7 @@ class VAE(GenerativeModel):
             use_ema: use the EMA weights when the model has them.
             denormalize: map the samples back to data units (:meth:`denormalize`).
         """
-        check_count(n)
+        positive_int(n, "n")
         with self.averaged(use_ema):
             weight = next(self.decoder.parameters())
             z = self.prior.sample(n, generator=generator, device=weight.device, dtype=weight.dtype)

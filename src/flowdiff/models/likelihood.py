@@ -19,7 +19,7 @@ differentiable with ``grad=True`` (maximum-likelihood training of a CNF).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,7 +27,7 @@ from torch import Tensor
 
 from flowdiff.dynamics import ODE
 from flowdiff.solvers import simulate, time_grid
-from flowdiff.utils import check_finite, check_tensor, positive_int
+from flowdiff.utils import check_finite, check_name, check_tensor, positive_int, randn
 
 __all__ = [
     "DIVERGENCE_METHODS",
@@ -49,12 +49,6 @@ PROBE_NOISES = ("rademacher", "gaussian")
 _MAX_COTANGENT_ELEMENTS = 2**24
 
 
-def _check_choice(value: object, choices: Sequence[str], name: str) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
 def hutchinson_probes(
     x: Tensor,
     probes: int = 1,
@@ -68,12 +62,28 @@ def hutchinson_probes(
     estimator's variance ``2 sum_{i != j} S_ij^2`` omits the diagonal that the Gaussian's
     ``2 ||S||_F^2`` includes, ``S`` the symmetric part of the Jacobian).
     """
-    _check_choice(noise, PROBE_NOISES, "noise")
+    check_name(noise, PROBE_NOISES, "noise")
     shape = (positive_int(probes, "probes"), *x.shape)
     if noise == "gaussian":
-        return torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+        return randn(shape, generator=generator, device=x.device, dtype=x.dtype)
     signs = torch.randint(0, 2, shape, generator=generator, device=x.device)
     return (2 * signs - 1).to(x.dtype)
+
+
+def _check_probes(eps: Tensor, x: Tensor, method: str) -> Tensor:
+    """Fixed Hutchinson probes for ``x (B, *shape)`` as ``(K, B, *shape)``; ``(B, *shape)`` is
+    one probe per sample (K = 1)."""
+    if method != "hutchinson":
+        raise ValueError(f"eps (fixed probes) is only used by method='hutchinson', not {method!r}")
+    check_tensor(eps, "eps")
+    if eps.shape == x.shape:
+        eps = eps.unsqueeze(0)
+    if eps.dim() != x.dim() + 1 or eps.shape[1:] != x.shape:
+        raise ValueError(
+            f"eps must have shape (K, {', '.join(map(str, x.shape))}) (K probes per sample), "
+            f"got {tuple(eps.shape)}"
+        )
+    return eps
 
 
 def _batched_vjp(value: Tensor, x: Tensor, cotangents: Tensor, create_graph: bool) -> Tensor:
@@ -145,25 +155,14 @@ def divergence(
         ``(div (B,), value (B, *shape))``, ``value = field(x, t)`` (computed once for both).
     """
     check_tensor(x, "x", min_dim=2)
-    _check_choice(method, DIVERGENCE_METHODS, "method")
+    check_name(method, DIVERGENCE_METHODS, "method")
     if eps is not None:
-        if method != "hutchinson":
-            raise ValueError(
-                f"eps (fixed probes) is only used by method='hutchinson', not {method!r}"
-            )
-        check_tensor(eps, "eps")
-        if eps.shape == x.shape:
-            eps = eps.unsqueeze(0)
-        if eps.dim() != x.dim() + 1 or eps.shape[1:] != x.shape:
-            raise ValueError(
-                f"eps must have shape (K, {', '.join(map(str, x.shape))}) (K probes per sample), "
-                f"got {tuple(eps.shape)}"
-            )
+        eps = _check_probes(eps, x, method)
     elif method == "hutchinson":
         eps = hutchinson_probes(x, probes, noise, generator=generator)
     else:
         # validate the options here too: a typo must not pass silently because it went unused
-        _check_choice(noise, PROBE_NOISES, "noise")
+        check_name(noise, PROBE_NOISES, "noise")
 
     with torch.enable_grad():  # the solvers may call the field under no_grad
         # Without create_graph the result is detached anyway, so cut the caller's graph to
@@ -228,19 +227,21 @@ def _transport_with_log_density(
     probes: int,
     noise: str,
     generator: torch.Generator | None,
+    eps: Tensor | None,
     grad: bool,
 ) -> tuple[Tensor, Tensor]:
     """Solve (1) from ``x`` at ``t_start`` to ``t_end``.
 
     Returns ``(X_{t_end} (B, *shape), log p_{t_end}(X_{t_end}) - log p_{t_start}(x) (B,))``.
     """
-    _check_choice(method, DIVERGENCE_METHODS, "method")
-    _check_choice(noise, PROBE_NOISES, "noise")  # also when unused: a typo must not pass
-    # Hutchinson probes are drawn once per solve (FFJORD): with probes fixed along the path the
-    # augmented ODE is smooth (adaptive steps work) and E_eps[L] is still exactly the integral
-    # of the true divergence, because the trajectory X_t does not depend on eps.
-    eps = None
-    if method == "hutchinson":
+    check_name(method, DIVERGENCE_METHODS, "method")
+    check_name(noise, PROBE_NOISES, "noise")  # also when unused: a typo must not pass
+    # Hutchinson probes are drawn once per solve (FFJORD), or given: with probes fixed along the
+    # path the augmented ODE is smooth (adaptive steps work) and E_eps[L] is still exactly the
+    # integral of the true divergence, because the trajectory X_t does not depend on eps.
+    if eps is not None:
+        eps = _check_probes(eps, x, method)
+    elif method == "hutchinson":
         eps = hutchinson_probes(x, probes, noise, generator=generator)
     dynamics = _LogDensityODE(field, tuple(x.shape[1:]), method=method, eps=eps, create_graph=grad)
     state = torch.cat([x.flatten(1), x.new_zeros(x.shape[0], 1)], dim=1)
@@ -288,6 +289,7 @@ def log_prob(
     probes: int = 1,
     noise: str = "rademacher",
     generator: torch.Generator | None = None,
+    eps: Tensor | None = None,
     grad: bool = False,
 ) -> Tensor:
     """``log p_{t1}(x)`` in nats of the flow of ``field`` started from ``p_init`` at ``t0``.
@@ -310,6 +312,10 @@ def log_prob(
             drawn once per call (from ``generator``) and kept along the path; the result is
             then an unbiased estimate of the exact ``log p``.
         generator: source of the Hutchinson probes.
+        eps: fixed Hutchinson probes ``(K, B, *shape)`` (or ``(B, *shape)``) used instead of
+            fresh ones, e.g. the same probes for every call of an evaluation (common random
+            numbers: differences between calls are then free of probe noise); replaces
+            ``probes``/``noise``/``generator``.
         grad: keep the graph (back-propagate to ``x`` and the field's parameters, as in
             maximum-likelihood training); off, the result is detached.
 
@@ -330,6 +336,7 @@ def log_prob(
         probes=probes,
         noise=noise,
         generator=generator,
+        eps=eps,
         grad=grad,
     )
     # change = log p_{t0}(X_{t0}) - log p_{t1}(x)
@@ -351,6 +358,7 @@ def sample_with_log_prob(
     probes: int = 1,
     noise: str = "rademacher",
     generator: torch.Generator | None = None,
+    eps: Tensor | None = None,
     grad: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Samples ``X_{t1}`` and their ``log p_{t1}(X_{t1})`` from one forward solve of (1).
@@ -387,6 +395,7 @@ def sample_with_log_prob(
         probes=probes,
         noise=noise,
         generator=generator,
+        eps=eps,
         grad=grad,
     )
     # change = log p_{t1}(X_{t1}) - log p_{t0}(x0)
