@@ -48,7 +48,7 @@ from flow_matching.utils import ModelWrapper
 from torch import Tensor, nn
 from torchcfm.conditional_flow_matching import ConditionalFlowMatcher
 
-from benchmarks.common import RESULTS_DIR, main, markdown_table
+from benchmarks.common import main, markdown_table, output_dir
 from flowdiff import nets
 from flowdiff.data import Data, load_data, sample_toy
 from flowdiff.metrics import wasserstein2
@@ -393,10 +393,9 @@ def _digits(settings: dict[str, Any], out_dir: Path) -> tuple[list[list[Any]], d
 
 
 # ---------------------------------------------------------------------- entry point
-def run(quick: bool = False, out_dir: Path = RESULTS_DIR) -> dict[str, Any]:
+def run(quick: bool = False, out_dir: Path | None = None) -> dict[str, Any]:
     settings = SETTINGS[quick]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out_dir, quick)
     header = ["library", "solver", *[f"NFE {n}" for n in NFES], "adaptive W2 (NFE)"]
     result: dict[str, Any] = {"settings": {**settings, "common_train": COMMON_TRAIN}, "toys": {}}
     parts = [

@@ -4,6 +4,10 @@ scipy's energy distance, Frechet distance between Gaussians, bits per dim of kno
 from __future__ import annotations
 
 import math
+import os
+import sys
+import types
+import warnings
 
 import numpy as np
 import pytest
@@ -14,12 +18,14 @@ import torch
 from flowdiff.metrics import (
     DEFAULT_BANDWIDTHS,
     bits_per_dim,
+    check_inception_fid,
     energy_distance,
     floor,
     frechet_distance,
     gaussian_frechet_distance,
     get_metric,
     inception_frechet_distance,
+    median_heuristic,
     mmd,
     nll,
     sliced_wasserstein,
@@ -117,6 +123,23 @@ def test_mmd_matches_closed_form_between_shifted_gaussians(gen: torch.Generator)
     assert estimates == sorted(estimates)  # monotone in the shift
 
 
+@pytest.mark.parametrize("dim", [2, 10])
+def test_median_heuristic_of_gaussian_samples(gen: torch.Generator, dim: int) -> None:
+    # For N(0, s^2 I_D): ||x - x'||^2 / (2 s^2) ~ chi2(D), median distance s sqrt(2 m_D).
+    s = 0.7
+    x = s * torch.randn(2000, dim, generator=gen, dtype=torch.float64)
+    truth = s * math.sqrt(2 * scipy.stats.chi2.median(dim))
+    assert median_heuristic(x) == pytest.approx(truth, rel=0.02)
+    assert median_heuristic(3 * x) == pytest.approx(3 * median_heuristic(x), rel=1e-12)
+    # Only the first max_samples rows count.
+    first = torch.pdist(x[:10]).median()
+    assert median_heuristic(x, max_samples=10) == pytest.approx(float(first), rel=1e-12)
+    with pytest.raises(ValueError, match="max_samples must be an integer >= 2"):
+        median_heuristic(x, max_samples=1)
+    with pytest.raises(ValueError, match="at least 2 sample"):
+        median_heuristic(x[:1])
+
+
 def test_mmd_of_identical_sets(gen: torch.Generator) -> None:
     x = torch.randn(500, 4, generator=gen)
     assert mmd(x, x) == pytest.approx(0.0, abs=1e-12)  # V-statistic: exactly 0
@@ -193,6 +216,16 @@ def test_nll_and_bits_per_dim_of_known_densities(gen: torch.Generator) -> None:
     assert bits_per_dim(halves, (1, 8, 8), data_scale=2 / 256) == pytest.approx(8.0, rel=1e-12)
 
 
+def test_likelihood_of_a_graph_is_read_without_warning() -> None:
+    # A log_prob straight from a network (RealNVP's) requires grad: read as values, no warning.
+    weight = torch.tensor(2.0, requires_grad=True)
+    log_prob = weight * torch.tensor([-1.0, -3.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert nll(log_prob) == pytest.approx(4.0)
+        assert bits_per_dim(log_prob, 2) == pytest.approx(4.0 / (2 * math.log(2)))
+
+
 def test_likelihood_bad_input() -> None:
     with pytest.raises(ValueError, match=r"log_prob must have shape \(B,\), got \(4, 1\)"):
         nll(torch.zeros(4, 1))
@@ -235,7 +268,7 @@ def test_metric_bad_input(gen: torch.Generator) -> None:
         mmd(x, x[:1], unbiased=True)
     with pytest.raises(ValueError, match="bandwidths must be positive"):
         mmd(x, x, bandwidths=(1.0, -1.0))
-    with pytest.raises(ValueError, match="n_projections must be a positive integer"):
+    with pytest.raises(ValueError, match="n_projections must be an integer >= 1"):
         sliced_wasserstein(x, x, n_projections=0)
     with pytest.raises(ValueError, match=r"mean_b must have shape \(2,\)"):
         gaussian_frechet_distance(torch.zeros(2), torch.eye(2), torch.zeros(3), torch.eye(2))
@@ -262,3 +295,63 @@ def test_inception_fid_needs_a_weights_file_and_valid_images(tmp_path, gen) -> N
     except ImportError:
         with pytest.raises(ImportError, match="pip install torchmetrics torch-fidelity"):
             inception_frechet_distance(images, images, weights)
+        with pytest.raises(ImportError, match="pip install torchmetrics torch-fidelity"):
+            check_inception_fid(weights)
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        check_inception_fid(tmp_path / "missing.pth")
+
+
+def test_inception_fid_passes_images_to_torchmetrics(tmp_path, gen, monkeypatch) -> None:
+    """The torchmetrics path, with a stand-in FrechetInceptionDistance (the package is optional):
+    the weights file goes to its constructor, grey images go as 3 channels in batches, real and
+    fake are flagged, and the result is its compute()."""
+    calls: dict[str, list] = {"init": [], "update": []}
+
+    class FakeFID:
+        def __init__(self, **kwargs: object) -> None:
+            calls["init"].append(kwargs)
+
+        def update(self, images: torch.Tensor, real: bool) -> None:
+            calls["update"].append((tuple(images.shape), real))
+
+        def compute(self) -> torch.Tensor:
+            return torch.tensor(12.5)
+
+    fid_module = types.ModuleType("torchmetrics.image.fid")
+    fid_module.FrechetInceptionDistance = FakeFID
+    for name, module in (
+        ("torchmetrics", types.ModuleType("torchmetrics")),
+        ("torchmetrics.image", types.ModuleType("torchmetrics.image")),
+        ("torchmetrics.image.fid", fid_module),
+    ):
+        monkeypatch.setitem(sys.modules, name, module)
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"")
+    assert check_inception_fid(weights) == weights
+    real, fake = torch.rand(5, 1, 8, 8, generator=gen), torch.rand(3, 1, 8, 8, generator=gen)
+    assert inception_frechet_distance(real, fake, weights, batch_size=2) == 12.5
+    assert calls["init"] == [
+        {"feature": 2048, "normalize": True, "feature_extractor_weights_path": str(weights)}
+    ]
+    assert calls["update"] == [
+        ((2, 3, 8, 8), True),
+        ((2, 3, 8, 8), True),
+        ((1, 3, 8, 8), True),
+        ((2, 3, 8, 8), False),
+        ((1, 3, 8, 8), False),
+    ]
+
+
+def test_inception_fid_through_torchmetrics(gen) -> None:
+    """The real thing, where torchmetrics is installed and FLOWDIFF_INCEPTION_WEIGHTS names the
+    FID Inception weights (nothing is downloaded): noise is far from real-vs-real."""
+    pytest.importorskip("torchmetrics")
+    weights = os.environ.get("FLOWDIFF_INCEPTION_WEIGHTS")
+    if not weights or not os.path.isfile(weights):
+        pytest.skip("set FLOWDIFF_INCEPTION_WEIGHTS to the FID Inception weights file")
+    from sklearn.datasets import load_digits
+
+    digits = torch.tensor(load_digits().images[:400, None], dtype=torch.float32) / 16
+    noise = torch.rand(200, 1, 8, 8, generator=gen)
+    same = inception_frechet_distance(digits[:200], digits[200:], weights)
+    assert inception_frechet_distance(digits[:200], noise, weights) > 5 * same

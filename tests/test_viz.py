@@ -37,6 +37,11 @@ def opened(path: Path) -> Image.Image:
     return image
 
 
+def rgb(path: Path) -> np.ndarray:
+    """The pixels ``(H, W, 3)`` as ints."""
+    return np.asarray(opened(path).convert("RGB")).astype(int)
+
+
 def png(path: Path, size: tuple[int, int]) -> None:
     image = opened(path)
     assert image.format == "PNG" and image.size == size and image.mode == "RGBA"
@@ -99,7 +104,7 @@ def test_image_grid_rgb_channels(tmp_path: Path) -> None:
 def test_image_grid_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"path must end in \.png, \.jpg or \.jpeg"):
         image_grid(torch.zeros(1, 1, 4, 4), tmp_path / "g.gif")
-    with pytest.raises(ValueError, match="nrow must be a positive int"):
+    with pytest.raises(ValueError, match=r"nrow \(images per row\) must be an integer >= 1"):
         image_grid(torch.zeros(1, 1, 4, 4), tmp_path / "g.png", nrow=0)
     with pytest.raises(ValueError, match="value_range must be"):
         image_grid(torch.zeros(1, 1, 4, 4), tmp_path / "g.png", value_range=(1.0, 1.0))
@@ -127,15 +132,24 @@ def test_plot_trajectories(tmp_path: Path, gen) -> None:
     x0 = torch.randn(30, 2, generator=gen)
     exact = x0 * torch.exp(-ts)[:, None, None]  # the linear ODE x' = -x
     noisy = exact + 0.01 * torch.randn(exact.shape, generator=gen)
-    png(plot_trajectories(noisy, ts, tmp_path / "2d.png", exact=exact), (PANEL_PX, PANEL_PX))
+    lims = (-3, 3)  # one view for both pictures, so that they differ only by the overlay
+    with_exact = plot_trajectories(noisy, ts, tmp_path / "2d.png", exact=exact, lims=lims)
+    png(with_exact, (PANEL_PX, PANEL_PX))
+    alone = plot_trajectories(noisy, ts, tmp_path / "alone.png", lims=lims)
+    # The dashed black exact paths darken pixels along 30 curves (measured: ~1700 pixels; the
+    # legend entry alone is a few hundred).
+    darker = rgb(with_exact).sum(-1) < rgb(alone).sum(-1) - 60
+    assert darker.sum() > 1000
     png(plot_trajectories(noisy[..., :1], ts, tmp_path / "1d.png"), (WIDE_PX, PANEL_PX))
+    one_d = plot_trajectories(noisy[..., :1], ts, tmp_path / "1e.png", exact=exact[..., :1])
+    assert (rgb(one_d).sum(-1) < rgb(tmp_path / "1d.png").sum(-1) - 60).sum() > 1000
     with pytest.raises(ValueError, match=r"exact must have the shape of xs \(11, 30, 2\)"):
         plot_trajectories(noisy, ts, tmp_path / "x.png", exact=exact[:, :5])
     with pytest.raises(ValueError, match=r"xs must have shape \(T, B, D\) with D in \{1, 2\}"):
         plot_trajectories(torch.zeros(11, 4, 3), ts, tmp_path / "x.png")
     with pytest.raises(ValueError, match="xs has 10 time steps but ts has 11"):
         plot_trajectories(noisy[:10], ts, tmp_path / "x.png")
-    with pytest.raises(ValueError, match="max_paths must be a positive int"):
+    with pytest.raises(ValueError, match="max_paths must be an integer >= 1"):
         plot_trajectories(noisy, ts, tmp_path / "x.png", max_paths=0)
 
 

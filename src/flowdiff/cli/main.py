@@ -25,11 +25,21 @@ EPILOG_SAMPLE = """examples:
 """
 EPILOG_EVALUATE = """examples:
   flowdiff evaluate runs/moons --data moons
-  flowdiff evaluate runs/digits --data digits --n 500
+  flowdiff evaluate runs/digits --data digits --n 500 --nll --out digits-metrics.json
+  flowdiff evaluate runs/digits --inception-weights pt_inception-2015-12-05.pth --force
+
+Sample metrics are computed in the model's normalised units (vectors standardised per feature,
+images in [-1, 1]), each next to its floor (the same metric between two data samples).
 """
 EPILOG_PLOT = """examples:
   flowdiff plot runs/moons --kind field --out field.png
   flowdiff plot runs/moons --kind animation --out flow.gif
+  flowdiff plot runs/moons --kind density-animation --steps 8 --out density.gif
+"""
+EPILOG_DEMO = """examples:
+  flowdiff demo                            # two moons, pictures in demo_out/
+  flowdiff demo --data checkerboard --out demo_cb
+  flowdiff demo --steps 4000 --out demo_out --force   # retrain over an existing demo
 """
 EPILOG_SIMULATE = """examples:
   flowdiff simulate                       # every worked example
@@ -146,8 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, help="solver steps for sampling")
     p.add_argument("--nll", action="store_true", help="also the negative log-likelihood (slow)")
     p.add_argument("--classifier", help="cache file of the feature classifier (images)")
+    p.add_argument(
+        "--inception-weights",
+        metavar="FILE",
+        help="also FID with these Inception-v3 weights (images; needs torchmetrics; no download)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--out", help="JSON file for the metrics (default RUN/metrics.json)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
     p = sub.add_parser(
         "plot", help="pictures of a trained run", epilog=EPILOG_PLOT, formatter_class=fmt
@@ -156,15 +172,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kind",
         required=True,
-        choices=["samples", "trajectories", "field", "density", "animation", "loss"],
+        choices=[
+            "samples",
+            "trajectories",
+            "field",
+            "density",
+            "animation",
+            "density-animation",
+            "loss",
+        ],
+        help="density-animation: the model density p_t at 11 times from noise to data",
     )
     p.add_argument("--n", type=_positive_int, help="number of samples / paths")
-    p.add_argument("--steps", type=_positive_int, help="solver steps")
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        help="solver steps (density, density-animation: RK4 steps of the likelihood over [0, 1])",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--out", required=True, help="output file (.png, or .gif for animation)")
+    p.add_argument("--out", required=True, help="output file (.png; .gif for the animations)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
     p = sub.add_parser(
-        "demo", help="train a flow on built-in 2D data and draw everything (< 1 min)"
+        "demo",
+        help="train a flow on built-in 2D data and draw everything (about a minute)",
+        epilog=EPILOG_DEMO,
+        formatter_class=fmt,
     )
     p.add_argument("--out", default="demo_out", help="folder for the demo's files")
     p.add_argument("--data", default="moons", help="built-in 2D data set")

@@ -16,14 +16,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flowdiff.metrics.samples import paired_sample_matrices
-from flowdiff.utils import check_name, check_tensor
+from flowdiff.metrics.samples import as_sample_matrix, paired_sample_matrices
+from flowdiff.utils import check_name, check_tensor, positive_int
 
 __all__ = [
     "DEFAULT_BANDWIDTHS",
     "energy_distance",
     "floor",
     "get_metric",
+    "median_heuristic",
     "mmd",
     "sliced_wasserstein",
     "wasserstein2",
@@ -121,8 +122,7 @@ def sliced_wasserstein(
     Returns:
         ``SW_p`` (not raised to the ``p``), a Python float.
     """
-    if not isinstance(n_projections, int) or isinstance(n_projections, bool) or n_projections < 1:
-        raise ValueError(f"n_projections must be a positive integer, got {n_projections!r}")
+    positive_int(n_projections, "n_projections")
     if not (isinstance(p, (int, float)) and math.isfinite(p) and p >= 1):
         raise ValueError(f"p must be a finite number >= 1, got {p!r}")
     a, b = paired_sample_matrices(x, y)
@@ -143,6 +143,29 @@ def _pairwise_mean(a: Tensor, b: Tensor, kernel: Callable[[Tensor], Tensor]) -> 
     return total / (a.shape[0] * b.shape[0])
 
 
+def median_heuristic(x: Tensor, *, max_samples: int = 2000) -> float:
+    """Median of the pairwise Euclidean distances ``||x_i - x_j||``, ``i < j``: the usual RBF
+    bandwidth at the data's own scale (the median heuristic, Gretton et al., 2012).
+
+    For ``x ~ N(0, s^2 I_D)``, ``||x_i - x_j||^2 / (2 s^2)`` is chi-squared with ``D`` degrees
+    of freedom, so the median is ``s sqrt(2 m_D)`` with ``m_D`` the chi-squared median
+    (``2 ln 2`` for ``D = 2``). Scales with the data: ``median_heuristic(c x) = c
+    median_heuristic(x)``.
+
+    Args:
+        x: ``(N, *shape)``, ``N >= 2``; only the first ``max_samples`` rows are used (memory
+            ``O(max_samples^2)``), so pass them in random order.
+        max_samples: the cap on rows.
+
+    Returns:
+        the median distance, a Python float (0 if more than half the pairs coincide).
+    """
+    if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 2:
+        raise ValueError(f"max_samples must be an integer >= 2, got {max_samples!r}")
+    a = as_sample_matrix(x, "x", min_samples=2)
+    return float(torch.pdist(a[:max_samples]).median())
+
+
 def mmd(
     x: Tensor,
     y: Tensor,
@@ -155,7 +178,8 @@ def mmd(
     ``MMD^2 = E k(X, X') + E k(Y, Y') - 2 E k(X, Y)`` with
     ``k(a, b) = (1/H) sum_h exp(-||a - b||^2 / (2 h^2))`` over the ``H`` bandwidths (so
     ``k(a, a) = 1``). Bandwidths are absolute lengths: standardise the data first or pick them to
-    match its scale.
+    match its scale (e.g. multiples of :func:`median_heuristic`; the defaults suit data of unit
+    scale, such as standardised 2-D points).
 
     ``unbiased=False`` (default): the V-statistic, all pairs including ``i = j``; it is ``>= 0``
     and exactly 0 for identical sets, with an upward bias of order ``1/N``.

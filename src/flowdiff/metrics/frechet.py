@@ -18,7 +18,12 @@ from torch import Tensor
 from flowdiff.metrics.samples import as_sample_matrix, paired_sample_matrices
 from flowdiff.utils import check_finite, check_tensor
 
-__all__ = ["frechet_distance", "gaussian_frechet_distance", "inception_frechet_distance"]
+__all__ = [
+    "check_inception_fid",
+    "frechet_distance",
+    "gaussian_frechet_distance",
+    "inception_frechet_distance",
+]
 
 
 def _psd_sqrt(matrix: Tensor) -> Tensor:
@@ -94,6 +99,39 @@ def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
     )
 
 
+def check_inception_fid(weights_path: str | os.PathLike) -> Path:
+    """The Inception weights file, once it is known to exist and torchmetrics' FID to import.
+
+    Lets a caller (``flowdiff evaluate --inception-weights``) fail before any sampling.
+    Nothing is downloaded.
+
+    Raises:
+        FileNotFoundError: no file at ``weights_path``.
+        ImportError: ``torchmetrics`` (with ``torch-fidelity``) is not installed.
+    """
+    path = _weights_file(weights_path)
+    _fid_metric_class()
+    return path
+
+
+def _weights_file(weights_path: str | os.PathLike) -> Path:
+    path = Path(weights_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no Inception weights file at {path} (nothing is downloaded)")
+    return path
+
+
+def _fid_metric_class() -> type:
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+    except ImportError as err:
+        raise ImportError(
+            "Inception FID needs the optional packages torchmetrics and torch-fidelity "
+            "(pip install torchmetrics torch-fidelity)"
+        ) from err
+    return FrechetInceptionDistance
+
+
 def inception_frechet_distance(
     real: Tensor, fake: Tensor, weights_path: str | os.PathLike, *, batch_size: int = 64
 ) -> float:
@@ -103,7 +141,8 @@ def inception_frechet_distance(
     torch-fidelity read (``feature_extractor_weights_path``); both packages are optional and
     imported only here. Grey images are repeated to 3 channels; torchmetrics resizes to 299 px.
 
-    Sample-size caveat: FID is biased by ``O(2048 / N)``; use ``N >= 10,000`` and equal sizes.
+    Sample-size caveat: FID is biased by ``O(2048 / N)``; use ``N >= 10,000`` and equal sizes,
+    and report the floor (real vs real at the same ``N``).
 
     Args:
         real: ``(N, C, H, W)`` images with values in ``[0, 1]``, ``C`` in ``{1, 3}``.
@@ -111,9 +150,7 @@ def inception_frechet_distance(
         weights_path: Inception weights file.
         batch_size: images per feature-extraction batch.
     """
-    path = Path(weights_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no Inception weights file at {path} (nothing is downloaded)")
+    path = _weights_file(weights_path)
     for name, images in (("real", real), ("fake", fake)):
         as_sample_matrix(images, name, min_samples=2)
         if images.dim() != 4 or images.shape[1] not in (1, 3):
@@ -123,14 +160,7 @@ def inception_frechet_distance(
                 f"{name} must hold values in [0, 1] for FID, got "
                 f"{float(images.min()):.3g}..{float(images.max()):.3g}"
             )
-    try:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-    except ImportError as err:
-        raise ImportError(
-            "inception_frechet_distance needs the optional packages torchmetrics and "
-            "torch-fidelity (pip install torchmetrics torch-fidelity)"
-        ) from err
-    metric = FrechetInceptionDistance(
+    metric = _fid_metric_class()(
         feature=2048, normalize=True, feature_extractor_weights_path=str(path)
     )
     for images, is_real in ((real, True), (fake, False)):

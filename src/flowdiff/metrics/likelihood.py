@@ -1,4 +1,8 @@
-"""Likelihood summaries from per-sample log-densities ``log_prob: (B,)`` in nats."""
+"""Likelihood summaries from per-sample log-densities ``log_prob: (B,)`` in nats.
+
+Both take values, not a graph: a ``log_prob`` that carries autograd history (``RealNVP``'s,
+say) is detached here.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ def _check_log_prob(log_prob: Tensor) -> Tensor:
         raise ValueError(f"log_prob must have shape (B,), got {tuple(log_prob.shape)}")
     if log_prob.shape[0] == 0:
         raise ValueError("log_prob must hold at least one value, got shape (0,)")
-    return check_finite(log_prob, "log_prob")
+    return check_finite(log_prob.detach(), "log_prob")
 
 
 def nll(log_prob: Tensor) -> float:
@@ -36,30 +40,36 @@ def nll(log_prob: Tensor) -> float:
 def bits_per_dim(
     log_prob: Tensor, event_shape: int | Sequence[int], *, data_scale: float = 1.0
 ) -> float:
-    """Negative log-likelihood in bits per dimension: ``-(log p(u) / (D ln 2))`` averaged.
+    """Negative log-likelihood in bits per dimension, ``-(mean log p(u)) / (D ln 2)``.
 
-    The model's density is over its own coordinates ``x``; the data ``u`` it stands for may be in
-    other units. With ``x = data_scale * u + b`` (an affine preprocessing),
-    ``log p(u) = log p(x) + D log(data_scale)`` (change of variables), hence
-    ``bpd = -(mean log p(x) + D log(data_scale)) / (D ln 2)``.
+    ``u`` are the units the figure is reported in; ``log_prob`` is the density of coordinates
+    ``x = data_scale * u + b`` (an affine map), so ``log p(u) = log p(x) + D log(data_scale)``
+    (change of variables) and ``bpd = -(mean log p(x) + D log(data_scale)) / (D ln 2)``.
 
-    Images convention: pixels are integers ``0 .. 255``, uniformly dequantised (``u = k + U[0,1)``,
-    Theis et al., 2016), and ``u`` is in units of one quantisation level, so the model density
-    gives a lower bound on the discrete log-likelihood. A model trained on ``x = u / 256`` in
-    ``[0, 1)`` takes ``data_scale = 1/256``; on ``x = 2 u / 256 - 1`` in ``[-1, 1)``,
-    ``data_scale = 2/256``; on ``flowdiff.data``'s ``"images"`` normalisation of 8-bit files
-    (``x = 2 k / 255 - 1``), ``data_scale = 2/255``. A uniform density on ``[0, 1)^D`` scores
-    exactly 8 bits per dim.
-    For continuous data keep ``data_scale = 1``: the figure is a differential entropy and may be
-    negative.
+    Which ``data_scale``: a flowdiff model's ``log_prob(u)`` (``normalize=True``, the default of
+    every family) is already the density of the data units ``u``, the normaliser's
+    log-determinant included: keep ``data_scale = 1``, or the normalisation is counted twice.
+    Pass ``data_scale = dx/du`` only for a density of the model's own coordinates
+    (``log_prob(x, normalize=False)``): ``2/255`` for ``flowdiff.data``'s ``"images"`` map
+    ``x = 2 u / 255 - 1`` of 8-bit data, ``2/16`` for the 8x8 digits.
+
+    Quantised data (integer grey levels ``0 .. 255``, the digits' ``0 .. 16``): a continuous
+    density at the grid points themselves bounds nothing (it can be made arbitrarily large
+    there). With ``u`` in units of one level, evaluated at uniformly dequantised points
+    ``u = k + v``, ``v ~ U(-1/2, 1/2)^D`` (``flowdiff.data.dequantize.dequantize(k, 1.0)``;
+    Theis et al., 2016), the figure is, in expectation over ``v``, an upper bound on the bits per
+    dim of the discrete model ``P(k) = int p(k + v) dv``: a uniform density over ``L`` levels
+    scores ``log2 L`` (8 for 8-bit pixels). For continuous data it is a differential entropy
+    rate and may be negative.
 
     Sample-size caveat: as :func:`nll`, a mean over held-out samples (standard error
     ``std / (sqrt(B) D ln 2)``).
 
     Args:
-        log_prob: ``(B,)`` log-densities of the model's coordinates, in nats.
+        log_prob: ``(B,)`` log-densities in nats of ``x`` (of ``u`` itself when
+            ``data_scale = 1``).
         event_shape: shape of one sample (``D`` is its number of entries), or ``D`` itself.
-        data_scale: ``dx/du``, model units per data unit (see above).
+        data_scale: ``dx/du``, units of ``log_prob``'s coordinates per reported unit.
     """
     shape = shape_tuple(event_shape, "event_shape")
     if not (isinstance(data_scale, (int, float)) and math.isfinite(data_scale) and data_scale > 0):

@@ -84,6 +84,7 @@ def plot_density(
     lims: object,
     grid: int = 200,
     data: Tensor | np.ndarray | None = None,
+    data_label: str = "data",
     title: str | None = None,
 ) -> Path:
     """Heatmap of ``p(x) = exp(log_prob(x))`` on a ``grid x grid`` lattice, data beside it.
@@ -92,6 +93,8 @@ def plot_density(
         log_prob: ``log_prob(x (M, 2)) -> (M,)`` in nats (``-inf`` where ``p = 0`` is fine).
         lims: ``(lo, hi)`` or ``((x_lo, x_hi), (y_lo, y_hi))``.
         data: optional points ``(N, 2)`` shown in a second panel with the same limits.
+        data_label: what those points are (the panel's title, with their number), e.g.
+            ``"model samples"``.
     """
     box = parse_lims(lims)
     points_ref = None if data is None else as_numpy(data, "data")
@@ -114,7 +117,7 @@ def plot_density(
     style_plane(ax, box, "density")
     if points_ref is not None:
         draw_points(axes[0, 1], points_ref, color="0.3")
-        style_plane(axes[0, 1], box, f"data ({len(points_ref)})")
+        style_plane(axes[0, 1], box, f"{data_label} ({len(points_ref)})")
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)

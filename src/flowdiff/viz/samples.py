@@ -17,6 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from flowdiff.io import atomic_write
+from flowdiff.utils import positive_int
 from flowdiff.viz.figures import (
     Lims,
     as_numpy,
@@ -76,8 +77,7 @@ def grid_array(
     n, c, h, w = x.shape
     if nrow is None:
         nrow = math.ceil(math.sqrt(n))
-    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
-        raise ValueError(f"nrow must be a positive int (images per row), got {nrow!r}")
+    positive_int(nrow, "nrow (images per row)")
     lo, hi = auto_value_range(x) if value_range is None else value_range
     if not hi > lo:
         raise ValueError(f"value_range must be (lo, hi) with lo < hi, got {value_range!r}")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from flowdiff.utils import positive_int
 from flowdiff.viz.figures import (
     PANEL_INCHES,
     WIDE_INCHES,
@@ -61,8 +62,7 @@ def plot_trajectories(
         ref = as_numpy(exact, "exact")
         if ref.shape != paths.shape:
             raise ValueError(f"exact must have the shape of xs {paths.shape}, got {ref.shape}")
-    if isinstance(max_paths, bool) or not isinstance(max_paths, int) or max_paths < 1:
-        raise ValueError(f"max_paths must be a positive int, got {max_paths!r}")
+    positive_int(max_paths, "max_paths")
     paths = paths[:, :max_paths]
     ref = None if ref is None else ref[:, :max_paths]
 
