@@ -75,7 +75,7 @@ def oracle_model(kind: str, prediction: str = "velocity", schedule: str = "linea
     net = OracleNet(GaussianMixtureOracle(mixture(), schedule), prediction)
     if kind == "flow":
         return FlowModel(2, net=net, path=schedule)
-    return DiffusionModel(2, net=net, path=schedule, prediction=prediction)
+    return DiffusionModel(2, net=net, path=schedule, prediction=prediction, data_std=None)
 
 
 def assert_is_mixture(x: Tensor, mix: GaussianMixture, *, mean_tol: float = 0.06) -> None:

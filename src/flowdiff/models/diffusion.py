@@ -18,8 +18,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from flowdiff.models.path_model import PathModel
+from flowdiff.models.preconditioning import NoisePreconditioner
 from flowdiff.models.sampling import DiffusionCoefficient
 from flowdiff.paths import Schedule
+from flowdiff.utils import shape_tuple
 
 __all__ = ["DiffusionModel"]
 
@@ -34,6 +36,11 @@ class DiffusionModel(PathModel):
         num_classes: labels of a class-conditional model, or ``None``.
         prediction: ``"epsilon"`` (noise prediction, the default: a target of unit scale at
             every t) or ``"score"`` (denoising score matching, weighted by ``beta_t^2``).
+        data_std: the standard deviation per coordinate of the (normalised) data that the
+            noise network's preconditioning assumes (:mod:`flowdiff.models.preconditioning`):
+            ``"auto"`` is 0.5 for images ``(C, H, W)`` (scaled to [-1, 1]) and 1 for anything
+            else (standardised); ``None`` uses the raw network (the only choice for a score
+            network, and right for a network that is already an exact noise predictor).
         time_sampler: law of the training times (``"uniform"``, ``"logit_normal"`` or a config).
         coupling: ``"independent"``, ``"ot"`` or ``"sinkhorn"``.
         label_dropout: probability of the null label in training (classifier-free guidance).
@@ -55,11 +62,20 @@ class DiffusionModel(PathModel):
         time_sampler: str | dict[str, Any] = "uniform",
         coupling: str | dict[str, Any] = "independent",
         label_dropout: float = 0.1,
+        data_std: float | str | None = "auto",
     ) -> None:
         if prediction not in ("epsilon", "score"):
             raise ValueError(
                 f"prediction must be 'epsilon' or 'score' for a DiffusionModel, got "
                 f"{prediction!r} (a velocity network is a FlowModel)"
+            )
+        if data_std == "auto":
+            images = len(shape_tuple(event_shape, "event_shape")) == 3
+            data_std = (0.5 if images else 1.0) if prediction == "epsilon" else None
+        elif data_std is not None and prediction != "epsilon":
+            raise ValueError(
+                f"data_std={data_std!r} preconditions a noise network; a score network "
+                "(prediction='score') takes data_std=None"
             )
         super().__init__(
             event_shape,
@@ -71,9 +87,12 @@ class DiffusionModel(PathModel):
             coupling=coupling,
             label_dropout=label_dropout,
         )
+        self.data_std = data_std
+        if data_std is not None:
+            self.net = NoisePreconditioner(self.net, self.path.schedule, data_std)
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "prediction": self.prediction}
+        return {**super().config(), "prediction": self.prediction, "data_std": self.data_std}
 
     def default_sigma(self) -> DiffusionCoefficient | None:
         """``sigma_t = beta_t``: the noise level of the path itself.
