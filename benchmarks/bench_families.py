@@ -36,7 +36,8 @@ network evaluations of one sampling call (solver steps x stages for the ODE/SDE 
 for DDPM, 1 for a GAN, a VAE decoder or a RealNVP inverse pass). On the digits the NLL of as
 many (dequantised) training images is recorded too (``train_nll`` in the JSON), which tells
 overfitting from underfitting. Under each table, the families that do not beat the Gaussian
-baseline are listed with the reason where it is known. A PNG shows the samples of every family
+baseline are listed with what the results tell of the reason (over- or under-dispersed samples,
+over- or under-fitting). A PNG shows the samples of every family
 side by side.
 
 Run: ``python -m benchmarks.bench_families [--quick]``.
@@ -102,18 +103,6 @@ DIGITS_BIN = 2.0 / 16
 # an upper bound on it, or the exact NLL of the probability-flow ODE run over [t_eps, 1 - t_eps].
 NLL_KIND = {"diffusion": "pf_ode", "vae": "bound", "ddpm": "bound", "latent_flow": "bound"}
 NLL_MARK = {"exact": "", "pf_ode": "~ ", "bound": "<= "}
-# Why a family falls short of the Gaussian baseline, printed under a table where it does.
-KNOWN_SHORTFALLS = {
-    "diffusion": (
-        "its noise prediction becomes a velocity through x1_hat = (x - beta_t eps) / alpha_t, "
-        "which multiplies the network's error by beta_t / alpha_t (99 at the sampler's first "
-        "time t = 0.01), and a plain MLP fits the near-identity eps(x, t ~ 0) ~ x only to ~0.2 "
-        "per pixel on the digits, so sampling and the probability-flow ODE drift off. The fix "
-        "belongs to DiffusionModel: a preconditioned network eps = c_skip x + c_out F with "
-        "c_skip = beta / (beta^2 + alpha^2 s^2), c_out = alpha s / sqrt(beta^2 + alpha^2 s^2) "
-        "(Karras et al. 2022; s the data scale) keeps the error of x1_hat ~ s |F error|"
-    ),
-}
 
 
 # ---------------------------------------------------------------------- data
@@ -402,7 +391,6 @@ def _shortfall_notes(shortfalls: dict[str, list[str]], rows: dict[str, dict[str,
         if "nll" in metrics and row["nll_kind"] == "bound":
             what += " (an upper bound on its NLL)"
         reasons = [
-            KNOWN_SHORTFALLS.get(family),
             _dispersion(row, metrics),
             _fit_note(row, rows[BASELINE]),
         ]

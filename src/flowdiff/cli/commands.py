@@ -21,6 +21,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -284,11 +285,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     torch.manual_seed(config.seed)  # the network's initial weights: a run repeats bit for bit
     model = build_model(config, data.event_shape, data.num_classes)
     options = _train_options(config, out, args.quiet)
-    if args.force:
-        _clear_run_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config.write(out / CONFIG_FILE)
+    # Under torchrun every process runs this command; only the first one (RANK 0, which also
+    # writes the checkpoints) touches the folder, draws the pictures and reports.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
+        if args.force:
+            _clear_run_folder(out)
+        out.mkdir(parents=True, exist_ok=True)
+        config.write(out / CONFIG_FILE)
     result = model.fit(data, **options)  # writes out/model.safetensors at the end
+    if not main_process:
+        return
     _first_look(model.cpu(), out, out / "metrics.csv", config.seed)
     loss = result.history[-1]["loss"] if result.history else float("nan")
     print(
