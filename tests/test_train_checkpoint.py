@@ -364,3 +364,17 @@ def test_sigkilled_run_restarted_at_random_moments_is_bit_identical(tmp_path):
     assert [step for step, _ in list_checkpoints(out)] == [196, 200]
     for _, path in list_checkpoints(out):
         load_checkpoint(path, GaussianFit(noise_std=0.3))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_saved_files_get_the_permissions_of_an_ordinary_open(tmp_path):
+    """Not mkstemp's private 0600, also when the writer replaces the temporary file (safetensors
+    does): a run folder can be shared like any other."""
+    umask = os.umask(0o022)
+    try:
+        GaussianFit().save(tmp_path / "model.safetensors")
+        write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(umask)
+    for name in ("model.safetensors", "a.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name

@@ -32,12 +32,13 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    # mkstemp creates the file 0600; give it the permissions an ordinary open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o666 & ~umask)
     try:
         yield tmp
+        # mkstemp creates the file 0600, and some writers (safetensors) replace it with a new
+        # 0600 file: give the result the permissions an ordinary open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
