@@ -39,8 +39,8 @@ class NoisePreconditioner(nn.Module):
     Args:
         net: the raw network ``net(x, t, **cond) -> like x``.
         schedule: the path's ``(alpha_t, beta_t)``.
-        data_std: ``s``, the standard deviation per coordinate of the (normalised) data: 1 for
-            standardised vectors, about 0.5 for images scaled to [-1, 1].
+        data_std: ``s``, the scale of the (normalised) data per coordinate. Not necessarily its
+            exact standard deviation: ``DiffusionModel`` uses 0.5 (its docstring says why).
     """
 
     def __init__(self, net: nn.Module, schedule: Schedule, data_std: float) -> None:
