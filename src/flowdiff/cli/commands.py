@@ -727,6 +727,29 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _path_figures() -> dict[str, Callable[[Path], Path]]:
+    """The learning half of the notes on their 8-mode mixture under the linear path: the
+    conditional path towards one data point, the exact marginal field, and conditional against
+    marginal trajectories (``flowdiff.viz.paths``)."""
+    from flowdiff.distributions import GaussianMixture
+    from flowdiff.paths import GaussianMixtureOracle, GaussianPath
+    from flowdiff.viz import paths as figures
+
+    mixture = GaussianMixture.symmetric_2d(n_modes=8)
+    path = GaussianPath("linear")
+    oracle = GaussianMixtureOracle(mixture, path)
+    times = [0.0, 0.25, 0.5, 0.75, 1.0]
+    return {
+        "conditional-path": lambda out: figures.plot_conditional_path(
+            path, mixture.means[0], times, out, generator=_generator(0)
+        ),
+        "marginal-field": lambda out: figures.plot_marginal_field(oracle, times, out),
+        "conditional-vs-marginal": lambda out: figures.plot_conditional_vs_marginal(
+            oracle, out, generator=_generator(0)
+        ),
+    }
+
+
 def cmd_simulate(args: argparse.Namespace) -> None:
     from flowdiff.viz import dynamics as figures
 
@@ -737,6 +760,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         "brownian": figures.plot_brownian_motion,
         "ou": figures.plot_ornstein_uhlenbeck,
         "langevin": figures.plot_langevin,
+        **_path_figures(),
     }
     chosen = makers if args.example == "all" else {args.example: makers[args.example]}
     for name, make in chosen.items():

@@ -44,6 +44,7 @@ EPILOG_DEMO = """examples:
 EPILOG_SIMULATE = """examples:
   flowdiff simulate                       # every worked example
   flowdiff simulate --example langevin --out figures
+  flowdiff simulate --example marginal-field   # the exact u_t(x) of a mixture at 5 times
 """
 
 
@@ -206,12 +207,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "simulate",
-        help="the worked ODE/SDE examples of the notes, as pictures",
+        help="the worked ODE/SDE examples and probability paths of the notes, as pictures",
         epilog=EPILOG_SIMULATE,
         formatter_class=fmt,
     )
     p.add_argument(
-        "--example", default="all", choices=["all", "linear", "euler", "brownian", "ou", "langevin"]
+        "--example",
+        default="all",
+        choices=[
+            "all",
+            "linear",
+            "euler",
+            "brownian",
+            "ou",
+            "langevin",
+            "conditional-path",
+            "marginal-field",
+            "conditional-vs-marginal",
+        ],
+        help="one figure (default all): the ODE/SDE examples, then the paths of a mixture",
     )
     p.add_argument("--out", default="simulate_out", help="folder for the pictures")
     return parser
