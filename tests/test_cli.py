@@ -3,9 +3,11 @@ and every kind of bad input answered by one line and exit status 2 with nothing 
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -236,6 +238,22 @@ def test_config_file_repeats_the_run(tmp_path: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_held_out_fraction_logs_val_loss_and_keeps_the_best(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--data", "moons", "--n-data", "500", "--steps", "40", "--hidden", "16"]
+    extra = ["--val-fraction", "0.2", "--keep-best", "--train-set", "log_every=10", "--quiet"]
+    assert main([*args, *extra, "--out", str(out)]) == 0
+    assert re.search(r"kept: val_loss [0-9.]+ at step [1-4]0\)", capsys.readouterr().out)
+    with open(out / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [10, 20, 30, 40]
+    assert all(math.isfinite(float(r["val_loss"])) for r in rows)
+    settings = (out / "config.yaml").read_text()
+    assert "val_fraction: 0.2" in settings and "keep_best: true" in settings
+
+
 def test_bad_names_get_suggestions(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code, err = run_cli(capsys, "train", "--data", "moon", "--out", str(tmp_path / "r"))
     assert_one_line_error(code, err, "moon", "moons")
@@ -266,6 +284,10 @@ def test_failed_train_leaves_nothing(tmp_path: Path, capsys: pytest.CaptureFixtu
         (["--set", "label_dropot=0.2"], ("did you mean 'label_dropout'",)),
         (["--model", "realnvp", "--conditional"], ("takes no labels", "flow")),
         (["--data", "checkerboard", "--conditional"], ("no labels",)),
+        (["--keep-best"], ("keep_best needs held-out data", "--val-fraction")),
+        (["--val-fraction", "1.5"], ("val_fraction must be a number in (0, 1)",)),
+        (["--train-set", "keep_best=true"], ("--keep-best",)),
+        (["--model", "gan", "--val-fraction", "0.2"], ("--val-fraction", "2 optim groups")),
     ):
         code, err = run_cli(capsys, *base, *extra)
         assert_one_line_error(code, err, *fragments)

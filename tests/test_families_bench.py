@@ -37,6 +37,12 @@ def test_quick_benchmark_covers_every_family(tmp_path):
             for row in rows.values():
                 if row["nll"] is not None:
                     assert row["bits_per_dim"] * 64 * math.log(2) == pytest.approx(row["nll"])
+            # early stopping for the one-loss families; the GAN and the latent flow have none
+            stopped = {f for f in FAMILIES if "best_step" in rows[f]}
+            assert stopped == set(FAMILIES) - {"gan", "latent_flow"}
+            assert all(rows[f]["best_step"] == quick["steps"] for f in stopped)
+        else:
+            assert not any("best_step" in rows[f] for f in FAMILIES)
         # the families (and metrics) that fall short of the Gaussian are listed
         base = rows["gaussian (baseline)"]
         for family, metrics in table["shortfalls"].items():
@@ -56,12 +62,14 @@ def test_quick_benchmark_covers_every_family(tmp_path):
 
 
 def test_digits_split_holds_out_the_floor_set_and_dequantises_it():
-    """Train, test and floor sets partition the 1797 digits; the held-out sets are dequantised
-    (within half a grey level of the grid, off it), the training images are the grid values."""
+    """Train, test, floor and validation sets partition the 1797 digits; the held-out sets are
+    dequantised (within half a grey level of the grid, off it), the training images are the grid
+    values."""
     split = _digits(SETTINGS[False])
-    n = SETTINGS[False]["digits_test"]
-    assert len(split.test) == len(split.second) == n and len(split.train) == 1797 - 2 * n
-    for held_out in (split.test, split.second):
+    n, n_val = SETTINGS[False]["digits_test"], SETTINGS[False]["digits_val"]
+    assert len(split.test) == len(split.second) == n and len(split.val) == n_val
+    assert len(split.train) == 1797 - 2 * n - n_val
+    for held_out in (split.test, split.second, split.val):
         offset = held_out - torch.round(held_out / DIGITS_BIN) * DIGITS_BIN
         assert 0 < float(offset.abs().max()) <= DIGITS_BIN / 2
     grid = torch.round((split.train + 1) / DIGITS_BIN) * DIGITS_BIN - 1

@@ -1,8 +1,9 @@
 """Two-process DDP training on CPU (gloo) launched by ``torchrun``: gradients go through
 ``DistributedDataParallel``, both ranks end with the same weights, only rank 0 writes, and the run
 matches a one-process run of the same global batch. Covered: one optim group, two groups, and,
-with per-rank loss noise, a flow-matching MLP, a GAN (k discriminator steps, then a generator step
-through the frozen discriminator) and a CNF (its loss calls the network inside an ODE solve)."""
+with per-rank loss noise, a flow-matching MLP (with held-out data), a GAN (k discriminator steps,
+then a generator step through the frozen discriminator) and a CNF (its loss calls the network
+inside an ODE solve)."""
 
 from __future__ import annotations
 
@@ -60,11 +61,11 @@ def recording_replace(source, target):
     return replace(source, target)
 DistributedDataParallel.forward, os.replace = counting_forward, recording_replace
 
-def run(name, model, steps):
+def run(name, model, steps, val_data=None, **extra):
     forwards.clear()
     written.clear()
-    options = {{**{run!r}, "steps": steps, "out_dir": out + "/" + name}}
-    result = fit(model, gaussian_data(1000), TrainConfig(**options))
+    options = {{**{run!r}, "steps": steps, "out_dir": out + "/" + name, **extra}}
+    result = fit(model, gaussian_data(1000), TrainConfig(**options), val_data=val_data)
     record = {{"history": result.history, "forwards": forwards, "written": sorted(set(written))}}
     model.save(f"{{out}}/{{name}}-rank{{rank}}.safetensors")
     write_json(f"{{out}}/{{name}}-rank{{rank}}.json", record)
@@ -80,7 +81,8 @@ run("gauss", model, steps["gauss"])
 run("two-phase", TwoPhase(), steps["two-phase"])
 # The next three draw per-rank noise in their losses (each rank its own generator).
 net = {{"type": "mlp", "event_shape": [2], "hidden": 32, "depth": 2, "time_dim": 16}}
-run("flow", FlowModel((2,), net=net), steps["flow"])
+# Held out: every rank measures the same val_loss and keeps the same best weights.
+run("flow", FlowModel((2,), net=net), steps["flow"], gaussian_data(100, 1), keep_best=True)
 run("gan", GAN((2,), latent_dim=2, hidden=16, depth=1, discriminator_steps=2), steps["gan"])
 run("cnf", CNF((2,), hidden=16, depth=1, steps=2), steps["cnf"])
 
@@ -122,11 +124,11 @@ def test_two_process_gloo_run_matches_one_process_with_the_same_global_batch(tmp
         last = f"checkpoint-{count:08d}.safetensors"
         assert {last, "metrics.csv", "model.safetensors"} <= set(records[name][0]["written"])
         assert records[name][1]["written"] == [], name
-        # The logged loss is the global mean on every rank (timings aside).
+        # The logged loss is the global mean on every rank (timings aside); so is val_loss.
+        logged = ("step", "loss", "lr", "grad_norm", "val_loss")
         for row0, row1 in zip(*(record["history"] for record in records[name])):
-            assert {k: row0[k] for k in ("step", "loss", "lr", "grad_norm")} == {
-                k: row1[k] for k in ("step", "loss", "lr", "grad_norm")
-            }
+            assert {k: row0.get(k) for k in logged} == {k: row1.get(k) for k in logged}
+    assert all(row["val_loss"] > 0 for row in records["flow"][0]["history"])
     for name in ("gauss", "two-phase"):
         assert [step for step, _ in list_checkpoints(tmp_path / name)] == [30, 40]
         tensors = load_file(str(latest_checkpoint(tmp_path / name)))

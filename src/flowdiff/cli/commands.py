@@ -32,7 +32,7 @@ import torch
 
 from flowdiff.cli.config import RunConfig, read_config_file
 from flowdiff.io import atomic_write, write_json
-from flowdiff.train.loop import MODEL_FILE  # where the training loop writes the final model
+from flowdiff.train.loop import MODEL_FILE, check_validation  # MODEL_FILE: the final model
 from flowdiff.utils import check_name, closest_name_hint
 
 CONFIG_FILE = "config.yaml"
@@ -47,6 +47,7 @@ TRAIN_FLAGS = {
     "device": "--device",
     "out_dir": "--out",
     "progress": "--quiet",
+    "keep_best": "--keep-best",
 }
 # The density animation: frames at evenly spaced times from noise to data.
 DENSITY_FRAMES = 11
@@ -107,8 +108,11 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         "lr": args.lr,
         "seed": args.seed,
         "device": args.device,
+        "val_fraction": args.val_fraction,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
+    if args.keep_best:
+        values["keep_best"] = True
     if args.conditional is not None:
         values["conditional"] = args.conditional
     if args.model_options:
@@ -177,6 +181,7 @@ def _train_options(config: RunConfig, out: Path, quiet: bool) -> dict[str, Any]:
         "seed": config.seed,
         "device": config.device,
         "out_dir": str(out),
+        "keep_best": config.keep_best,
         **config.train_options,
     }
     if quiet:
@@ -275,6 +280,7 @@ def _first_look(model: Any, folder: Path, history_csv: Path, seed: int) -> None:
 # ---------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> None:
     from flowdiff.data import load_data
+    from flowdiff.train import TrainConfig
 
     config = _run_config(args)
     out = Path(args.out)
@@ -282,9 +288,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     # Everything that can fail on bad input runs before the folder is created or cleared, so a
     # failed command leaves nothing behind (a stray config.yaml would refuse the next run).
     data = load_data(config.data, n=config.n_data, generator=_generator(config.seed))
+    val_data = None
+    if config.val_fraction is not None:
+        data, val_data = data.split(config.val_fraction, seed=config.seed)
     torch.manual_seed(config.seed)  # the network's initial weights: a run repeats bit for bit
     model = build_model(config, data.event_shape, data.num_classes)
     options = _train_options(config, out, args.quiet)
+    try:
+        check_validation(model, TrainConfig(**options), val_data is not None)
+    except ValueError as err:
+        raise CLIError(f"--val-fraction: {err}") from None
     # Under torchrun every process runs this command; only the first one (RANK 0, which also
     # writes the checkpoints) touches the folder, draws the pictures and reports.
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -293,14 +306,18 @@ def cmd_train(args: argparse.Namespace) -> None:
             _clear_run_folder(out)
         out.mkdir(parents=True, exist_ok=True)
         config.write(out / CONFIG_FILE)
-    result = model.fit(data, **options)  # writes out/model.safetensors at the end
+    result = model.fit(data, val_data=val_data, **options)  # writes out/model.safetensors
     if not main_process:
         return
     _first_look(model.cpu(), out, out / "metrics.csv", config.seed)
     loss = result.history[-1]["loss"] if result.history else float("nan")
+    held_out = ""
+    if result.best is not None:
+        kept = "kept" if config.keep_best else "lowest"
+        held_out = f", {kept}: val_loss {result.best['val_loss']:.4g} at step {result.best['step']}"
     print(
         f"trained {config.model} on {config.data} for {config.steps} steps "
-        f"(last logged loss {loss:.4g}) -> {out / MODEL_FILE}"
+        f"(last logged loss {loss:.4g}{held_out}) -> {out / MODEL_FILE}"
     )
 
 

@@ -41,6 +41,9 @@ class RunConfig:
     steps: int = 3000  # optimizer steps
     batch_size: int = 256  # samples per step
     lr: float = 2e-3  # AdamW learning rate
+    # Hold out this fraction of the data (seeded); its loss is logged as val_loss. None: all train.
+    val_fraction: float | None = None
+    keep_best: bool = False  # end with the weights of the lowest val_loss (needs val_fraction)
     train_options: dict[str, Any] = field(default_factory=dict)  # other TrainConfig fields
 
     def __post_init__(self) -> None:
@@ -56,6 +59,16 @@ class RunConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not self.lr > 0:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.val_fraction is not None and not (
+            isinstance(self.val_fraction, (int, float))
+            and not isinstance(self.val_fraction, bool)
+            and 0 < self.val_fraction < 1
+        ):
+            raise ValueError(f"val_fraction must be a number in (0, 1), got {self.val_fraction!r}")
+        if not isinstance(self.keep_best, bool):
+            raise ValueError(f"keep_best must be true or false, got {self.keep_best!r}")
+        if self.keep_best and self.val_fraction is None:
+            raise ValueError("keep_best needs held-out data: set val_fraction (--val-fraction)")
         for name in ("model_options", "train_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(

@@ -17,6 +17,7 @@ EPILOG_TRAIN = """examples:
   flowdiff train --data moons --model flow --out runs/moons
   flowdiff train --data digits --model flow --steps 4000 --out runs/digits
   flowdiff train --data my_points.csv --model diffusion --path vp --out runs/mine
+  flowdiff train --data digits --model realnvp --val-fraction 0.1 --keep-best --out runs/nvp
   flowdiff train --config runs/moons/config.yaml --out runs/moons-again
 """
 EPILOG_SAMPLE = """examples:
@@ -101,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--seed", type=int, help="random seed (a run repeats bit for bit)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        help="hold out this fraction of the data; its loss is logged as val_loss",
+    )
+    p.add_argument(
+        "--keep-best",
+        action="store_true",
+        help="end with the weights of the lowest val_loss (needs --val-fraction)",
+    )
     p.add_argument(
         "--conditional",
         action=argparse.BooleanOptionalAction,

@@ -8,6 +8,7 @@ and ``model.normalization = data.normalizer.to_dict()``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,30 @@ class Data:
     def raw(self) -> Tensor:
         """The data in its original units, ``normalizer.inverse(x)``: ``(N, *event_shape)``."""
         return self.normalizer.inverse(self.x)
+
+    def split(self, fraction: float, *, seed: int = 0) -> tuple[Data, Data]:
+        """``(train, held_out)``: a random ``fraction`` of the samples (at least one) held out,
+        e.g. as ``fit(train, val_data=held_out)``. Both keep this normaliser (fitted on all of
+        the data), so they are in the same units.
+
+        Raises:
+            ValueError: ``fraction`` outside ``(0, 1)``, or too few samples to leave both
+                parts non-empty.
+        """
+        if not (isinstance(fraction, (int, float)) and 0.0 < fraction < 1.0):
+            raise ValueError(f"fraction must be a number in (0, 1), got {fraction!r}")
+        n_held = max(1, round(fraction * len(self)))
+        if n_held >= len(self):
+            raise ValueError(
+                f"cannot hold out {fraction:g} of {len(self)} samples and keep some to train on"
+            )
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+
+        def part(index: Tensor) -> Data:
+            y = None if self.y is None else self.y[index]
+            return dataclasses.replace(self, x=self.x[index], y=y)
+
+        return part(order[n_held:]), part(order[:n_held])
 
 
 def dataset_names() -> list[str]:

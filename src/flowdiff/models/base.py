@@ -112,23 +112,39 @@ class GenerativeModel(nn.Module):
         """Per-sample training loss ``(B,)`` of ``phase`` on the batch ``x`` (labels ``y``)."""
         raise NotImplementedError
 
-    def fit(self, data: Any, **options: Any) -> Any:
+    def fit(self, data: Any, *, val_data: Any = None, **options: Any) -> Any:
         """Train on ``data``: a tensor, ``(x, y)``, a ``Dataset``, a ``DataLoader`` or a
         ``flowdiff.data.Data`` (its normaliser is recorded in :attr:`normalization` and inverted
         by :meth:`denormalize`; its labels are used when the model is conditional).
 
-        ``options`` are the fields of :class:`flowdiff.train.TrainConfig`. Returns the loop's
-        result (loss history and where checkpoints went).
+        ``val_data``: held-out data of the same kind (a ``Data`` must share ``data``'s
+        normaliser, as :meth:`flowdiff.data.Data.split` gives), whose loss is logged as
+        ``val_loss`` (``val_every``, ``keep_best``). ``options`` are the fields of
+        :class:`flowdiff.train.TrainConfig`. Returns the loop's result (loss history, the best
+        held-out loss and where checkpoints went).
         """
         from flowdiff.data import Data
         from flowdiff.train import TrainConfig, fit
 
+        if isinstance(val_data, Data):
+            if not isinstance(data, Data) or data.normalizer.to_dict() != (
+                val_data.normalizer.to_dict()
+            ):
+                raise ValueError(
+                    "val_data is a Data with its own normalisation: the held-out data must be "
+                    "in the training data's units (use train, val = data.split(fraction))"
+                )
+            val_data = self._as_training_data(val_data)
         if isinstance(data, Data):
             # Already normalised: record the map so that sampling can invert it.
             self.normalization = data.normalizer.to_dict()
-            labelled = self.num_classes is not None and data.y is not None
-            data = (data.x, data.y) if labelled else data.x
-        return fit(self, data, TrainConfig(**options))
+            data = self._as_training_data(data)
+        return fit(self, data, TrainConfig(**options), val_data=val_data)
+
+    def _as_training_data(self, data: Any) -> Any:
+        """``(x, y)`` of a ``flowdiff.data.Data``, or ``x`` alone for an unconditional model."""
+        labelled = self.num_classes is not None and data.y is not None
+        return (data.x, data.y) if labelled else data.x
 
     # ------------------------------------------------------------------ data units
     def denormalize(self, x: Tensor) -> Tensor:

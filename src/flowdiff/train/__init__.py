@@ -14,7 +14,7 @@ from flowdiff.train.checkpoint import (
 )
 from flowdiff.train.config import TrainConfig
 from flowdiff.train.ema import EMA
-from flowdiff.train.loop import TrainingDiverged, TrainResult, fit
+from flowdiff.train.loop import TrainingDiverged, TrainResult, check_validation, fit
 from flowdiff.train.schedule import learning_rate
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
+    "check_validation",
     "checkpoint_path",
     "fit",
     "latest_checkpoint",

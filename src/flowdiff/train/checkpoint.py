@@ -4,7 +4,8 @@ A checkpoint ``<dir>/checkpoint-<step:08d>.safetensors`` holds
 
 - tensors: ``model.<name>`` (state dict), ``ema.<name>`` (EMA weights), ``optim.<group>.<i>.<key>``
   (AdamW moments and step counts of parameter ``i`` of optimizer ``group``), ``rng.<name>``
-  (random generator states as ``uint8`` tensors);
+  (random generator states as ``uint8`` tensors), ``best.<name>`` (the weights of the lowest
+  held-out loss, with ``keep_best``);
 - the JSON header under ``"flowdiff.checkpoint"``: format, step, the model description (kind,
   class, config, normalisation), the :class:`TrainConfig`, the optimizers' non-tensor structure
   (hyper-parameters, which tensor holds which state), the loop's own state and the metrics
@@ -58,6 +59,7 @@ class Checkpoint:
         history: the metrics rows logged up to ``step``.
         loop_state: JSON-able state of the training loop (data position, EMA update count, ...).
         rng: name -> random generator state (``uint8`` CPU tensors).
+        best_weights: the weights of the lowest held-out loss so far (``keep_best``; else empty).
     """
 
     path: Path
@@ -66,6 +68,7 @@ class Checkpoint:
     history: list[dict[str, float]]
     loop_state: dict[str, Any]
     rng: dict[str, Tensor]
+    best_weights: dict[str, Tensor]
 
 
 def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
@@ -200,6 +203,7 @@ def save_checkpoint(
     history: list[dict[str, float]] | None = None,
     loop_state: dict[str, Any] | None = None,
     rng: dict[str, Tensor] | None = None,
+    best_weights: dict[str, Tensor] | None = None,
 ) -> Path:
     """Write one checkpoint atomically (see the module docstring for its layout).
 
@@ -212,6 +216,7 @@ def save_checkpoint(
         history: metrics rows logged so far.
         loop_state: JSON-able loop state.
         rng: name -> generator state (``uint8``).
+        best_weights: name -> tensor of the best weights (``keep_best``).
     """
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if model.ema_state is not None:
@@ -224,6 +229,8 @@ def save_checkpoint(
         tensors.update(optim_tensors)
     for name, state in (rng or {}).items():
         tensors[f"rng.{name}"] = state.detach().cpu().contiguous()
+    for name, value in (best_weights or {}).items():
+        tensors[f"best.{name}"] = value.detach().cpu().contiguous()
     header = {
         "format": FORMAT,
         "step": int(step),
@@ -342,4 +349,5 @@ def load_checkpoint(
         history=header.get("history", []),
         loop_state=header.get("loop", {}),
         rng=_prefixed(tensors, "rng."),
+        best_weights=_prefixed(tensors, "best."),
     )

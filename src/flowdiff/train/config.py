@@ -90,6 +90,12 @@ class TrainConfig:
     keep_last: int = 3
     # Log averaged metrics every this many steps (history, metrics.csv, TensorBoard, progress).
     log_every: int = 100
+    # Mean held-out loss every this many steps when ``fit`` gets ``val_data`` (None: at every
+    # log step); logged as ``val_loss``, with the EMA weights when there is an EMA.
+    val_every: int | None = None
+    # With ``val_data``: end with the weights of the lowest ``val_loss`` (the EMA weights when
+    # there is an EMA), the early-stopping choice without stopping.
+    keep_best: bool = False
     # Save a sample snapshot (EMA weights) every this many steps (None: never; needs out_dir).
     sample_every: int | None = None
     # Number of samples drawn for each snapshot.
@@ -134,7 +140,7 @@ class TrainConfig:
                 "precision='bf16' is autocast on CUDA only, but device='cpu'; use precision="
                 "'fp32' (with device='auto', a machine without CUDA falls back to fp32)"
             )
-        for name in ("compile", "resume"):
+        for name in ("compile", "resume", "keep_best"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.progress is not None and not isinstance(self.progress, bool):
@@ -146,6 +152,7 @@ class TrainConfig:
         _check_int("checkpoint_every", self.checkpoint_every, 1)
         _check_int("keep_last", self.keep_last, 1)
         _check_int("log_every", self.log_every, 1)
+        _check_int("val_every", self.val_every, 1, optional=True)
         _check_int("sample_every", self.sample_every, 1, optional=True)
         if self.sample_every is not None and self.out_dir is None:
             raise ValueError(

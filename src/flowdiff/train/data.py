@@ -23,7 +23,7 @@ iterating, which reproduces the run only if the loader is deterministic.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 from flowdiff.models.base import GenerativeModel
 from flowdiff.train.seeding import derive_seed
 
-__all__ = ["BatchSource", "StreamSampler", "make_batch_source"]
+__all__ = ["BatchSource", "StreamSampler", "make_batch_source", "make_validation_batches"]
 
 Batch = tuple[Tensor, Tensor | None]
 
@@ -265,3 +265,53 @@ def make_batch_source(
         "data must be a tensor (N, *event_shape), a pair (x, y), a Dataset or a DataLoader, "
         f"got {type(data).__name__}"
     )
+
+
+def make_validation_batches(
+    data: Any, model: GenerativeModel, *, batch_size: int, device: torch.device
+) -> Callable[[], Iterator[Batch]]:
+    """Validate held-out ``data`` against ``model``; return a function that yields all of it,
+    in order and in batches of ``batch_size`` on ``device``, each time it is called.
+
+    Args:
+        data: a tensor ``(N, *event_shape)``, a pair ``(x, y)``, a map-style ``Dataset`` or a
+            ``DataLoader`` (iterated as given), as for :func:`make_batch_source`.
+    """
+    where = "val_data"
+    if isinstance(data, (tuple, list)) and not isinstance(data, Tensor):
+        if len(data) != 2:
+            raise ValueError(f"{where} as a sequence must be a pair (x, y), got length {len(data)}")
+        x, y = data
+        model.check_data(x, f"{where}[0] (x)")
+        y = model.check_labels(y, x.shape[0], f"{where}[1] (y)")
+    elif isinstance(data, Tensor):
+        x, y = model.check_data(data, where), None
+    else:
+        if isinstance(data, IterableDataset) or not isinstance(data, (Dataset, DataLoader)):
+            raise TypeError(
+                f"{where} must be a tensor (N, *event_shape), a pair (x, y), a map-style "
+                f"Dataset or a DataLoader, got {type(data).__name__}"
+            )
+        loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size)
+
+        def from_loader() -> Iterator[Batch]:
+            count = 0
+            for count, batch in enumerate(loader, 1):
+                bx, by = _split_batch(batch, where)
+                model.check_data(bx, f"x (batch {count} of {where})")
+                by = model.check_labels(by, bx.shape[0], f"y (batch {count} of {where})")
+                yield bx.to(device), None if by is None else by.to(device)
+            if count == 0:
+                raise ValueError(f"{where} yielded no batch")
+
+        return from_loader
+
+    if x.shape[0] == 0:
+        raise ValueError(f"{where} is empty: it needs at least one sample")
+
+    def from_tensors() -> Iterator[Batch]:
+        for start in range(0, x.shape[0], batch_size):
+            stop = start + batch_size
+            yield x[start:stop].to(device), None if y is None else y[start:stop].to(device)
+
+    return from_tensors

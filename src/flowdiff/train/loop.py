@@ -15,6 +15,12 @@ protocol. Optimizer step ``k = 1..steps`` runs, for each phase in ``model.traini
 then updates the EMA of the weights, logs, checkpoints and snapshots. A run is reproducible bit
 for bit on one machine: every random stream (batch order, the loss's generator, the torch RNG) is
 seeded from ``config.seed`` and restored from checkpoints.
+
+With ``val_data`` the mean loss over all of it is measured at log steps (every ``val_every``
+steps) with the weights that sample (the EMA's), in eval mode, with the same loss noise each time
+(a generator seeded afresh) so that two measurements differ only by the weights; it draws on no
+stream of the training. ``keep_best`` keeps a copy of the best weights (in checkpoints too) and
+loads them at the end: early stopping's model, without cutting the run short.
 """
 
 from __future__ import annotations
@@ -41,14 +47,14 @@ from flowdiff.train.checkpoint import (
     save_checkpoint,
 )
 from flowdiff.train.config import TrainConfig
-from flowdiff.train.data import make_batch_source
+from flowdiff.train.data import make_batch_source, make_validation_batches
 from flowdiff.train.distributed import Distributed, setup_distributed
 from flowdiff.train.ema import EMA
 from flowdiff.train.log import MetricsLog, MetricsWindow
 from flowdiff.train.schedule import learning_rate
 from flowdiff.train.seeding import derive_seed
 
-__all__ = ["TrainResult", "TrainingDiverged", "fit"]
+__all__ = ["TrainResult", "TrainingDiverged", "check_validation", "fit"]
 
 MODEL_FILE = "model.safetensors"
 SAMPLES_DIR = "samples"
@@ -94,17 +100,20 @@ class TrainResult:
     Attributes:
         history: one dict per log step: ``step, loss, lr, grad_norm, steps_per_s`` (and
             ``loss_<phase>, grad_norm_<phase>`` for multi-phase models), means since the
-            previous log step.
+            previous log step, and ``val_loss`` at the steps it was measured.
         step: optimizer steps completed (``config.steps``).
         checkpoint_dir: the ``out_dir`` holding checkpoints, ``metrics.csv`` and
             ``model.safetensors`` (``None`` when nothing was written).
         resumed_from: the step of the checkpoint the run continued from, if any.
+        best: ``{"step", "val_loss"}`` of the lowest held-out loss (``None`` without
+            ``val_data``); with ``keep_best`` the model ends with those weights.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
     step: int = 0
     checkpoint_dir: Path | None = None
     resumed_from: int | None = None
+    best: dict[str, float] | None = None
 
     @property
     def final_loss(self) -> float | None:
@@ -143,11 +152,41 @@ def _check_groups(model: GenerativeModel) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
+def check_validation(model: GenerativeModel, config: TrainConfig, has_val_data: bool) -> int:
+    """The step interval of the held-out loss (0 without ``val_data``), once the settings and
+    the model allow one; a ``ValueError`` says what does not. Lets a caller (``flowdiff train``)
+    fail before it writes anything."""
+    if not has_val_data:
+        if config.keep_best or config.val_every is not None:
+            used = "keep_best=True" if config.keep_best else f"val_every={config.val_every}"
+            raise ValueError(f"{used} needs held-out data: pass fit(..., val_data=...)")
+        return 0
+    groups = _check_groups(model)
+    if len(groups) > 1:
+        raise ValueError(
+            f"val_data: {type(model).__name__} trains {len(groups)} optim groups "
+            f"({', '.join(groups)}) whose losses are no held-out measure of the model; "
+            "judge it by its samples (flowdiff.metrics) instead"
+        )
+    val_every = config.val_every if config.val_every is not None else config.log_every
+    if val_every % config.log_every:
+        raise ValueError(
+            f"val_every ({val_every}) must be a multiple of log_every ({config.log_every}): "
+            "val_loss is written into the log rows"
+        )
+    return val_every
+
+
 class _Trainer:
     """State of one :func:`fit` call (see the module docstring for the step)."""
 
     def __init__(
-        self, model: GenerativeModel, data: Any, config: TrainConfig, dist: Distributed
+        self,
+        model: GenerativeModel,
+        data: Any,
+        config: TrainConfig,
+        dist: Distributed,
+        val_data: Any = None,
     ) -> None:
         device, bf16 = _resolve_device(config)
         if device.type == "cuda" and dist.enabled:
@@ -172,6 +211,14 @@ class _Trainer:
             world_size=dist.world_size,
             num_workers=config.num_workers,
         )
+        self.val_every = check_validation(model, config, val_data is not None)
+        self.validation = None
+        if val_data is not None:
+            self.validation = make_validation_batches(
+                val_data, model, batch_size=config.batch_size, device=device
+            )
+        self.best: dict[str, float] | None = None
+        self.best_weights: dict[str, Tensor] | None = None
         self.optimizers = {
             group: torch.optim.AdamW(
                 params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
@@ -237,6 +284,14 @@ class _Trainer:
                 stacklevel=4,
             )
         self._restore_rng(ckpt.rng, ckpt.loop_state)
+        saved_best = ckpt.loop_state.get("best")
+        # A run that switches keep_best on starts its record afresh (no weights were kept).
+        if self.validation is not None and saved_best:
+            if not self.config.keep_best:
+                self.best = saved_best
+            elif ckpt.best_weights:
+                self.best = saved_best
+                self.best_weights = {k: v.to(self.device) for k, v in ckpt.best_weights.items()}
         self.start_step = self.resumed_from = ckpt.step
         self.last_checkpoint = latest
         return ckpt.history, ckpt.loop_state
@@ -330,6 +385,7 @@ class _Trainer:
                 "data": self.source.state(),
                 "ema_updates": self.ema.num_updates if self.ema is not None else 0,
                 "world_size": self.dist.world_size,
+                "best": self.best,
             }
             save_checkpoint(
                 checkpoint_path(self.out_dir, step),
@@ -340,6 +396,7 @@ class _Trainer:
                 history=self.log.history,
                 loop_state=loop_state,
                 rng=rng,
+                best_weights=self.best_weights,
             )
             prune_checkpoints(self.out_dir, self.config.keep_last)
         # Nobody runs ahead (or exits) before the checkpoint is on disk.
@@ -376,6 +433,54 @@ class _Trainer:
             warnings.warn(f"sample snapshots skipped: {err}", stacklevel=2)
             self.snapshots = False
 
+    # ------------------------------------------------------------------ held-out loss
+    def _sampling_weights(self) -> dict[str, Tensor]:
+        """The weights :meth:`GenerativeModel.sample` uses: the EMA's, or the model's own."""
+        if self.ema is not None:
+            return self.ema.state
+        return self.model.state_dict()
+
+    def _validate(self, step: int) -> float:
+        """Mean loss over ``val_data`` with the sampling weights (see the module docstring);
+        keeps a copy of those weights when it is the best so far and ``keep_best`` is set."""
+        (phase,) = self.groups
+        generator = torch.Generator(self.device).manual_seed(
+            derive_seed(self.config.seed, "validation")
+        )
+        cuda = [self.device] if self.device.type == "cuda" else []
+        total, count = 0.0, 0
+        with torch.random.fork_rng(devices=cuda), torch.no_grad(), self.model.averaged():
+            self.model.eval()
+            try:
+                for x, y in self.validation():
+                    with self.autocast():
+                        losses = self.model.loss(x, y, phase=phase, generator=generator)
+                    total += float(losses.detach().double().sum())
+                    count += x.shape[0]
+            finally:
+                self.model.train()
+        val_loss = total / count
+        if not math.isfinite(val_loss):
+            where = f"{phase} on val_data"
+            raise TrainingDiverged(step, where, val_loss, math.nan, self.last_checkpoint)
+        if self.best is None or val_loss < self.best["val_loss"]:
+            self.best = {"step": step, "val_loss": val_loss}
+            if self.config.keep_best:
+                weights = self._sampling_weights()
+                self.best_weights = {k: v.detach().clone() for k, v in weights.items()}
+        return val_loss
+
+    def _load_best(self) -> None:
+        """Put the best weights where sampling reads them (the EMA state, or the model)."""
+        if self.best_weights is None:
+            return
+        with torch.no_grad():
+            if self.ema is not None:
+                for name, value in self.best_weights.items():
+                    self.ema.state[name].copy_(value)
+            else:
+                self.model.load_state_dict(self.best_weights)
+
     # ------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
         config, dist = self.config, self.dist
@@ -404,6 +509,10 @@ class _Trainer:
                 bar.update(1)
                 if step % config.log_every == 0 or step == config.steps:
                     row = self.window.row(step, lr, time.perf_counter())
+                    if self.validation is not None and (
+                        step % self.val_every == 0 or step == config.steps
+                    ):
+                        row["val_loss"] = self._validate(step)
                     self.log.log(row)
                     bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
                     self.window.reset(time.perf_counter())
@@ -421,6 +530,7 @@ class _Trainer:
             bar.close()
             self.log.close()
             self.model.train(self.was_training)
+        self._load_best()
         if self.out_dir is not None and dist.is_main:
             self.model.save(self.out_dir / MODEL_FILE)
             self.log.write_csv()
@@ -430,10 +540,17 @@ class _Trainer:
             step=max(self.start_step, config.steps),
             checkpoint_dir=self.out_dir,
             resumed_from=self.resumed_from,
+            best=self.best,
         )
 
 
-def fit(model: GenerativeModel, data: Any, config: TrainConfig | None = None) -> TrainResult:
+def fit(
+    model: GenerativeModel,
+    data: Any,
+    config: TrainConfig | None = None,
+    *,
+    val_data: Any = None,
+) -> TrainResult:
     """Train ``model`` on ``data`` with the library's one loop (see the module docstring).
 
     Args:
@@ -442,6 +559,9 @@ def fit(model: GenerativeModel, data: Any, config: TrainConfig | None = None) ->
             map-style ``Dataset`` yielding ``x`` or ``(x, y)``, or a ``DataLoader`` (see
             :mod:`flowdiff.train.data` for batching and DDP sharding).
         config: the settings (defaults: ``TrainConfig()``).
+        val_data: held-out data in any form ``data`` takes (a ``DataLoader`` is iterated as
+            given): its mean loss is logged as ``val_loss`` (see ``val_every``, ``keep_best``).
+            Only for models with one optim group (not a GAN).
 
     Under ``torchrun`` (or an initialised process group) every rank calls ``fit``; ``batch_size``
     is the global batch, split evenly across ranks; rank 0 alone logs, snapshots and writes
@@ -457,4 +577,5 @@ def fit(model: GenerativeModel, data: Any, config: TrainConfig | None = None) ->
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     wants_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-    return _Trainer(model, data, config, setup_distributed(use_cuda=wants_cuda)).run()
+    dist = setup_distributed(use_cuda=wants_cuda)
+    return _Trainer(model, data, config, dist, val_data=val_data).run()
