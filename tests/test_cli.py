@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from flowdiff.cli import commands
-from flowdiff.cli.main import main
+from flowdiff.cli.main import SIMULATE_EXAMPLES, main
 from flowdiff.data import sample_toy
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -393,8 +393,7 @@ def test_demo_and_simulate_write_their_pictures(tmp_path: Path) -> None:
         assert im.n_frames == commands.DENSITY_FRAMES
     flowdiff("simulate", "--out", str(tmp_path / "sim"))
     pictures = sorted(p.stem for p in (tmp_path / "sim").glob("*.png"))
-    assert pictures == sorted(["linear", "euler", "brownian", "ou", "langevin", "conditional-path",
-                               "marginal-field", "conditional-vs-marginal"])  # fmt: skip
+    assert pictures == sorted(SIMULATE_EXAMPLES)  # every --example choice, one PNG each
 
 
 def test_plot_evaluate_demo_never_overwrite(

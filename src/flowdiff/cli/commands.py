@@ -697,26 +697,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
     """
     data = check_name(args.data, _toy_names(), "2D data set for the demo")
     out = Path(args.out)
-    train_args = argparse.Namespace(
-        config=None,
-        data=data,
-        model="flow",
-        n_data=None,
-        path=None,
-        hidden=None,
-        depth=None,
-        steps=args.steps,
-        batch_size=None,
-        lr=None,
-        seed=0,
-        device="cpu",
-        conditional=None,
-        model_options=[],
-        train_options=[],
-        out=str(out),
-        force=args.force,
-        quiet=False,
-    )
+    from flowdiff.cli.main import build_parser  # the demo is `flowdiff train` with these flags
+
+    train_argv = ["train", "--data", data, "--model", "flow", "--steps", str(args.steps),
+                  "--seed", "0", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    train_args = build_parser().parse_args(train_argv + (["--force"] if args.force else []))
     if (out / MODEL_FILE).is_file() and not args.force:
         changed = _changed_settings(out, _run_config(train_args))
         if changed is None:

@@ -13,6 +13,12 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
+# The figures of `flowdiff simulate` (one PNG each): the worked ODE/SDE examples, then the
+# probability paths of a Gaussian mixture.
+SIMULATE_EXAMPLES = (
+    "linear", "euler", "brownian", "ou", "langevin",
+    "conditional-path", "marginal-field", "conditional-vs-marginal",
+)  # fmt: skip
 EPILOG_TRAIN = """examples:
   flowdiff train --data moons --model flow --out runs/moons
   flowdiff train --data digits --model flow --steps 4000 --out runs/digits
@@ -225,17 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--example",
         default="all",
-        choices=[
-            "all",
-            "linear",
-            "euler",
-            "brownian",
-            "ou",
-            "langevin",
-            "conditional-path",
-            "marginal-field",
-            "conditional-vs-marginal",
-        ],
+        choices=["all", *SIMULATE_EXAMPLES],
         help="one figure (default all): the ODE/SDE examples, then the paths of a mixture",
     )
     p.add_argument("--out", default="simulate_out", help="folder for the pictures")
