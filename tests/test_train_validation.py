@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from flowdiff.data import load_data
 from flowdiff.models import FlowModel
@@ -58,6 +59,26 @@ def test_val_loss_is_the_mean_loss_of_the_ema_weights_with_fixed_noise():
     judged = {step: value for step, value in measured.items() if value is not None}
     best_step = min(judged, key=judged.__getitem__)
     assert result.best == {"step": best_step, "val_loss": judged[best_step]}
+
+
+def test_val_data_as_dataset_or_loader_gives_the_tensors_figure():
+    """A Dataset is batched like the tensor (so even the loss noise matches); a user's
+    DataLoader is iterated as given (noise-free loss here: its batches differ)."""
+    x, val = gaussian_data(256), gaussian_data(50, seed=1)
+    options = dict(steps=10, batch_size=16, lr=0.05, log_every=5)
+
+    def curve(model: GaussianFit, held_out) -> list[float]:
+        return [
+            row["val_loss"] for row in fit(model, x, quiet(**options), val_data=held_out).history
+        ]
+
+    noisy = curve(GaussianFit(noise_std=0.3), val)
+    assert curve(GaussianFit(noise_std=0.3), TensorDataset(val)) == noisy
+    exact = curve(GaussianFit(), val)
+    loader = DataLoader(TensorDataset(val), batch_size=7)
+    assert curve(GaussianFit(), loader) == pytest.approx(exact, rel=1e-6)
+    with pytest.raises(ValueError, match="yielded no batch"):
+        fit(GaussianFit(), x, quiet(**options), val_data=DataLoader(TensorDataset(val[:0])))
 
 
 def test_validation_does_not_perturb_the_training_run():
