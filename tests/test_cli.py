@@ -153,7 +153,7 @@ def test_train_sample_evaluate_plot_2d(moons_run: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_train_sample_evaluate_digits(tmp_path: Path) -> None:
     out = tmp_path / "digits"
-    flowdiff(
+    done = flowdiff(
         "train",
         "--data",
         "digits",
@@ -169,6 +169,8 @@ def test_train_sample_evaluate_digits(tmp_path: Path) -> None:
         str(out),
         "--quiet",
     )
+    # The grey levels are on a grid: trained on them plus fresh uniform noise by default.
+    assert "trained flow on digits (dequantised) for 60 steps" in done.stdout
     flowdiff(
         "sample",
         str(out),
@@ -285,6 +287,7 @@ def test_failed_train_leaves_nothing(tmp_path: Path, capsys: pytest.CaptureFixtu
         (["--model", "realnvp", "--conditional"], ("takes no labels", "flow")),
         (["--data", "checkerboard", "--conditional"], ("no labels",)),
         (["--keep-best"], ("keep_best needs held-out data", "--val-fraction")),
+        (["--dequantize"], ("--dequantize needs data on a grid", "moons")),
         (["--val-fraction", "1.5"], ("val_fraction must be a number in (0, 1)",)),
         (["--train-set", "keep_best=true"], ("--keep-best",)),
         (["--model", "gan", "--val-fraction", "0.2"], ("--val-fraction", "2 optim groups")),

@@ -115,6 +115,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         values["keep_best"] = True
     if args.conditional is not None:
         values["conditional"] = args.conditional
+    if args.dequantize is not None:
+        values["dequantize"] = args.dequantize
     if args.model_options:
         values["model_options"] = {**values.get("model_options", {}), **dict(args.model_options)}
     if args.train_options:
@@ -288,6 +290,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     # Everything that can fail on bad input runs before the folder is created or cleared, so a
     # failed command leaves nothing behind (a stray config.yaml would refuse the next run).
     data = load_data(config.data, n=config.n_data, generator=_generator(config.seed))
+    dequantize = config.dequantize if config.dequantize is not None else bool(data.bin_width)
+    if dequantize and data.bin_width is None:
+        raise CLIError(
+            f"--dequantize needs data on a grid (integer values, one scale for every entry); "
+            f"{config.data} is not"
+        )
     val_data = None
     if config.val_fraction is not None:
         data, val_data = data.split(config.val_fraction, seed=config.seed)
@@ -306,7 +314,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             _clear_run_folder(out)
         out.mkdir(parents=True, exist_ok=True)
         config.write(out / CONFIG_FILE)
-    result = model.fit(data, val_data=val_data, **options)  # writes out/model.safetensors
+    # Writes out/model.safetensors at the end.
+    result = model.fit(data, val_data=val_data, dequantize=dequantize, **options)
     if not main_process:
         return
     _first_look(model.cpu(), out, out / "metrics.csv", config.seed)
@@ -316,7 +325,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         kept = "kept" if config.keep_best else "lowest"
         held_out = f", {kept}: val_loss {result.best['val_loss']:.4g} at step {result.best['step']}"
     print(
-        f"trained {config.model} on {config.data} for {config.steps} steps "
+        f"trained {config.model} on {config.data}{' (dequantised)' if dequantize else ''} "
+        f"for {config.steps} steps "
         f"(last logged loss {loss:.4g}{held_out}) -> {out / MODEL_FILE}"
     )
 

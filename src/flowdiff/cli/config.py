@@ -30,6 +30,9 @@ class RunConfig:
     # Train on the data's labels (enables --label/--guidance). None: yes for labelled images,
     # no for labelled toys, whose unconditional samples are what the demo and metrics look at.
     conditional: bool | None = None
+    # Train on x + U(-w/2, w/2), fresh at every draw, for data on a grid of step w (grey levels,
+    # pixels): a density then cannot peak on the grid points. None: yes when the data is on one.
+    dequantize: bool | None = None
     seed: int = 0  # seeds data draws, initialisation and training: a run repeats bit for bit
     device: str = "auto"  # cpu, cuda or auto
     # model
@@ -65,6 +68,8 @@ class RunConfig:
             and 0 < self.val_fraction < 1
         ):
             raise ValueError(f"val_fraction must be a number in (0, 1), got {self.val_fraction!r}")
+        if self.dequantize is not None and not isinstance(self.dequantize, bool):
+            raise ValueError(f"dequantize must be true, false or null, got {self.dequantize!r}")
         if not isinstance(self.keep_best, bool):
             raise ValueError(f"keep_best must be true or false, got {self.keep_best!r}")
         if self.keep_best and self.val_fraction is None:

@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (a run repeats bit for bit)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument(
+        "--dequantize",
+        action=argparse.BooleanOptionalAction,
+        help="train on data + uniform noise of one grid step (default: yes for integer-valued "
+        "data such as images)",
+    )
+    p.add_argument(
         "--val-fraction",
         type=float,
         help="hold out this fraction of the data; its loss is logged as val_loss",

@@ -39,6 +39,10 @@ class Data:
         num_classes: number of labels, ``None`` when unlabelled.
         normalizer: maps data space to ``x`` (``forward``) and back (``inverse``).
         class_names: label names (image subfolders), ``None`` when labels are plain integers.
+        bin_width: for data on a grid (integer values: grey levels, pixels, counts) whose
+            normaliser scales every entry alike, the grid step in the units of ``x`` (e.g.
+            ``2 / 16`` for the digits): the width of the uniform noise that dequantises it
+            (``flowdiff.data.Dequantized``). ``None`` for continuous data.
     """
 
     name: str
@@ -47,6 +51,7 @@ class Data:
     num_classes: int | None
     normalizer: Normalizer
     class_names: tuple[str, ...] | None = None
+    bin_width: float | None = None
 
     def __post_init__(self) -> None:
         if self.x.dim() < 2 or self.x.dtype != torch.float32:
@@ -203,4 +208,9 @@ def load_data(
         x, y = x[keep], None if y is None else y[keep]
 
     normalizer = Normalizer.fit(x, normalize, max_value=raw.value_max)
-    return Data(name, normalizer.forward(x), y, num_classes, normalizer, raw.class_names)
+    bin_width = None
+    # One grid step of the raw data (1) in model units, where the map scales all entries alike.
+    if normalizer.kind != "standard" and bool(torch.equal(x, x.round())):
+        unit = torch.ones((1, *x.shape[1:]))
+        bin_width = float((normalizer.forward(unit) - normalizer.forward(0 * unit)).flatten()[0])
+    return Data(name, normalizer.forward(x), y, num_classes, normalizer, raw.class_names, bin_width)

@@ -112,20 +112,31 @@ class GenerativeModel(nn.Module):
         """Per-sample training loss ``(B,)`` of ``phase`` on the batch ``x`` (labels ``y``)."""
         raise NotImplementedError
 
-    def fit(self, data: Any, *, val_data: Any = None, **options: Any) -> Any:
+    def fit(
+        self, data: Any, *, val_data: Any = None, dequantize: bool = False, **options: Any
+    ) -> Any:
         """Train on ``data``: a tensor, ``(x, y)``, a ``Dataset``, a ``DataLoader`` or a
         ``flowdiff.data.Data`` (its normaliser is recorded in :attr:`normalization` and inverted
         by :meth:`denormalize`; its labels are used when the model is conditional).
 
         ``val_data``: held-out data of the same kind (a ``Data`` must share ``data``'s
         normaliser, as :meth:`flowdiff.data.Data.split` gives), whose loss is logged as
-        ``val_loss`` (``val_every``, ``keep_best``). ``options`` are the fields of
-        :class:`flowdiff.train.TrainConfig`. Returns the loop's result (loss history, the best
-        held-out loss and where checkpoints went).
+        ``val_loss`` (``val_every``, ``keep_best``). ``dequantize``: ``data`` is a ``Data`` on a
+        grid (``data.bin_width``, e.g. images): train on ``x + U(-w/2, w/2)`` drawn afresh at
+        every draw (:class:`flowdiff.data.Dequantized`), so that a density model cannot peak on
+        the grid points; a ``Data`` ``val_data`` is dequantised once (seeded). ``options`` are
+        the fields of :class:`flowdiff.train.TrainConfig`. Returns the loop's result (loss
+        history, the best held-out loss and where checkpoints went).
         """
         from flowdiff.data import Data
         from flowdiff.train import TrainConfig, fit
 
+        seed = options.get("seed", 0)
+        if dequantize and not isinstance(data, Data):
+            raise ValueError(
+                "dequantize=True needs data as a flowdiff.data.Data, whose bin_width is the grid "
+                f"step; got {type(data).__name__} (wrap it in flowdiff.data.Dequantized instead)"
+            )
         if isinstance(val_data, Data):
             if not isinstance(data, Data) or data.normalizer.to_dict() != (
                 val_data.normalizer.to_dict()
@@ -134,17 +145,34 @@ class GenerativeModel(nn.Module):
                     "val_data is a Data with its own normalisation: the held-out data must be "
                     "in the training data's units (use train, val = data.split(fraction))"
                 )
-            val_data = self._as_training_data(val_data)
+            val_data = self._as_training_data(val_data, dequantize, seed, fresh_noise=False)
         if isinstance(data, Data):
             # Already normalised: record the map so that sampling can invert it.
             self.normalization = data.normalizer.to_dict()
-            data = self._as_training_data(data)
+            data = self._as_training_data(data, dequantize, seed, fresh_noise=True)
         return fit(self, data, TrainConfig(**options), val_data=val_data)
 
-    def _as_training_data(self, data: Any) -> Any:
-        """``(x, y)`` of a ``flowdiff.data.Data``, or ``x`` alone for an unconditional model."""
-        labelled = self.num_classes is not None and data.y is not None
-        return (data.x, data.y) if labelled else data.x
+    def _as_training_data(
+        self, data: Any, dequantize: bool, seed: int, *, fresh_noise: bool
+    ) -> Any:
+        """What the loop trains on from a ``flowdiff.data.Data``: ``x``, or ``(x, y)`` for a
+        conditional model; dequantised with fresh noise at every draw (a ``Dequantized``
+        dataset) or once with noise seeded by ``seed``."""
+        from flowdiff.data import Dequantized
+        from flowdiff.data.dequantize import dequantize as add_noise
+
+        y = data.y if self.num_classes is not None and data.y is not None else None
+        x = data.x
+        if dequantize:
+            if data.bin_width is None:
+                raise ValueError(
+                    f"dequantize=True needs data on a grid, but {data.name} has bin_width=None "
+                    "(not integer-valued, or normalised per feature)"
+                )
+            if fresh_noise:
+                return Dequantized(x, data.bin_width, y=y, seed=seed)
+            x = add_noise(x, data.bin_width, generator=torch.Generator().manual_seed(seed))
+        return x if y is None else (x, y)
 
     # ------------------------------------------------------------------ data units
     def denormalize(self, x: Tensor) -> Tensor:
