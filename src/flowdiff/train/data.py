@@ -144,6 +144,30 @@ def _split_batch(batch: Any, where: str) -> tuple[Tensor, Tensor | None]:
     raise TypeError(f"{where} must yield x, (x,) or (x, y), got {type(batch).__name__}")
 
 
+def _checked_batch(batch: Any, model: GenerativeModel, name: str, number: int) -> Batch:
+    """``(x, y)`` of batch ``number`` (1-based) drawn from ``name``, checked against ``model``."""
+    x, y = _split_batch(batch, name)
+    where = f"(batch {number} of {name})"
+    model.check_data(x, f"x {where}")
+    return x, model.check_labels(y, x.shape[0], f"y {where}")
+
+
+def _checked_tensors(
+    data: Any, model: GenerativeModel, name: str
+) -> tuple[Tensor, Tensor | None] | None:
+    """``(x, y)`` of ``data`` given as a tensor or an ``(x, y)`` pair, checked against ``model``
+    (``name`` names it in errors); ``None`` for any other form."""
+    if isinstance(data, (tuple, list)) and not isinstance(data, Tensor):
+        if len(data) != 2:
+            raise ValueError(f"{name} as a sequence must be a pair (x, y), got length {len(data)}")
+        x, y = data
+        model.check_data(x, f"{name}[0] (x)")
+        return x, model.check_labels(y, x.shape[0], f"{name}[1] (y)")
+    if isinstance(data, Tensor):
+        return model.check_data(data, name), None
+    return None
+
+
 class _LoaderSource(BatchSource):
     """Batches of a DataLoader. A user's loader is re-iterated, ``epoch`` counting passes; ours
     over a Dataset is one endless pass of ``stream`` (its batch sampler), which defines epochs.
@@ -176,13 +200,10 @@ class _LoaderSource(BatchSource):
             return next(self._iterator)
 
     def next(self) -> Batch:
-        x, y = _split_batch(self._draw(), self.name)
+        batch = self._draw()
         self.in_epoch += 1
         self.consumed += 1
-        where = f"(batch {self.consumed} of {self.name})"
-        self.model.check_data(x, f"x {where}")
-        y = self.model.check_labels(y, x.shape[0], f"y {where}")
-        return self._to_device(x, y)
+        return self._to_device(*_checked_batch(batch, self.model, self.name, self.consumed))
 
     def state(self) -> dict[str, Any]:
         return {"batches": self.consumed, "epoch": self.epoch, "in_epoch": self.in_epoch}
@@ -224,16 +245,10 @@ def make_batch_source(
         batches_seed = derive_seed(seed, "batches")
         return StreamSampler(n, batch_size, seed=batches_seed, rank=rank, world_size=world_size)
 
-    if isinstance(data, (tuple, list)) and not isinstance(data, Tensor):
-        if len(data) != 2:
-            raise ValueError(f"data as a sequence must be a pair (x, y), got length {len(data)}")
-        x, y = data
-        model.check_data(x, "data[0] (x)")
-        y = model.check_labels(y, x.shape[0], "data[1] (y)")
+    tensors = _checked_tensors(data, model, "data")
+    if tensors is not None:
+        x, y = tensors
         return _TensorSource(model, device, x, y, stream(x.shape[0]))
-    if isinstance(data, Tensor):
-        model.check_data(data, "data")
-        return _TensorSource(model, device, data, None, stream(data.shape[0]))
     if isinstance(data, DataLoader):
         samplers = (data.sampler, data.batch_sampler, getattr(data.batch_sampler, "sampler", None))
         if world_size > 1 and not any(isinstance(s, DistributedSampler) for s in samplers):
@@ -278,15 +293,8 @@ def make_validation_batches(
             ``DataLoader`` (iterated as given), as for :func:`make_batch_source`.
     """
     where = "val_data"
-    if isinstance(data, (tuple, list)) and not isinstance(data, Tensor):
-        if len(data) != 2:
-            raise ValueError(f"{where} as a sequence must be a pair (x, y), got length {len(data)}")
-        x, y = data
-        model.check_data(x, f"{where}[0] (x)")
-        y = model.check_labels(y, x.shape[0], f"{where}[1] (y)")
-    elif isinstance(data, Tensor):
-        x, y = model.check_data(data, where), None
-    else:
+    tensors = _checked_tensors(data, model, where)
+    if tensors is None:
         if isinstance(data, IterableDataset) or not isinstance(data, (Dataset, DataLoader)):
             raise TypeError(
                 f"{where} must be a tensor (N, *event_shape), a pair (x, y), a map-style "
@@ -297,15 +305,14 @@ def make_validation_batches(
         def from_loader() -> Iterator[Batch]:
             count = 0
             for count, batch in enumerate(loader, 1):
-                bx, by = _split_batch(batch, where)
-                model.check_data(bx, f"x (batch {count} of {where})")
-                by = model.check_labels(by, bx.shape[0], f"y (batch {count} of {where})")
+                bx, by = _checked_batch(batch, model, where, count)
                 yield bx.to(device), None if by is None else by.to(device)
             if count == 0:
                 raise ValueError(f"{where} yielded no batch")
 
         return from_loader
 
+    x, y = tensors
     if x.shape[0] == 0:
         raise ValueError(f"{where} is empty: it needs at least one sample")
 
