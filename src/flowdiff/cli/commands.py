@@ -290,8 +290,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     # Everything that can fail on bad input runs before the folder is created or cleared, so a
     # failed command leaves nothing behind (a stray config.yaml would refuse the next run).
     data = load_data(config.data, n=config.n_data, generator=_generator(config.seed))
-    dequantize = config.dequantize if config.dequantize is not None else bool(data.bin_width)
-    if dequantize and data.bin_width is None:
+    on_grid = data.bin_width is not None
+    dequantize = config.dequantize if config.dequantize is not None else on_grid
+    if dequantize and not on_grid:
         raise CLIError(
             f"--dequantize needs data on a grid (integer values, one scale for every entry); "
             f"{config.data} is not"

@@ -157,9 +157,11 @@ class GenerativeModel(nn.Module):
     ) -> Any:
         """What the loop trains on from a ``flowdiff.data.Data``: ``x``, or ``(x, y)`` for a
         conditional model; dequantised with fresh noise at every draw (a ``Dequantized``
-        dataset) or once with noise seeded by ``seed``."""
+        dataset) or once, each noise from its own stream of the run's ``seed`` (not the
+        stream that, seeded with ``seed`` itself, may have drawn the initial weights)."""
         from flowdiff.data import Dequantized
         from flowdiff.data.dequantize import dequantize as add_noise
+        from flowdiff.train.seeding import derive_seed
 
         y = data.y if self.num_classes is not None and data.y is not None else None
         x = data.x
@@ -169,9 +171,10 @@ class GenerativeModel(nn.Module):
                     f"dequantize=True needs data on a grid, but {data.name} has bin_width=None "
                     "(not integer-valued, or normalised per feature)"
                 )
+            stream = derive_seed(seed, "dequantize", "train" if fresh_noise else "val")
             if fresh_noise:
-                return Dequantized(x, data.bin_width, y=y, seed=seed)
-            x = add_noise(x, data.bin_width, generator=torch.Generator().manual_seed(seed))
+                return Dequantized(x, data.bin_width, y=y, seed=stream)
+            x = add_noise(x, data.bin_width, generator=torch.Generator().manual_seed(stream))
         return x if y is None else (x, y)
 
     # ------------------------------------------------------------------ data units
